@@ -1,0 +1,128 @@
+"""announce: keep one service record alive under its own lease (SPEC §4)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from announce.settings import AnnounceSettings
+from discovery.backoff import Backoff
+from discovery.daemon import Stopper
+from discovery.etcd import EtcdSession, EtcdUnavailable
+from discovery.kv import KV
+from discovery.lease import LeaseKeeper
+from discovery.metrics import Metrics
+from discovery.records import AnnounceRecord
+
+log = logging.getLogger(__name__)
+
+POLL = 0.25
+EXPIRY_MARGIN = 2.0
+
+
+class HeldElsewhere(Exception):
+    """The record's key is held by another live process (or by a key without lease)."""
+
+
+class Announcer:
+    def __init__(
+        self, settings: AnnounceSettings, session: EtcdSession, metrics: Metrics, stop: Stopper
+    ) -> None:
+        self.settings = settings
+        self.session = session
+        self.metrics = metrics
+        self.stop = stop
+        self.record = AnnounceRecord(
+            path=settings.path,
+            id=settings.instance_id,
+            port=settings.port,
+            type=settings.service_type,
+            host=settings.host,
+        )
+        self.key = settings.layout.announce_key(settings.path, self.record.id)
+        self.value = self.record.to_json()
+        self.lease = LeaseKeeper(
+            session,
+            settings.ttl,
+            interval=settings.interval,
+            write=self._claim,
+            metrics=metrics,
+            name="announce",
+        )
+
+    def _claim(self, lease_id: int) -> None:
+        """Create the record under ``lease_id`` if the key is free (one transaction)."""
+        while not self.stop.is_set():
+            if self.session.create(self.key, self.value, lease=lease_id):
+                log.info("[announce] %s = %s", self.key, self.value, extra={"key": self.key})
+                return
+            holder = self.session.get(self.key)
+            if holder is None or holder.lease == lease_id:
+                continue
+            self._wait_for_holder(holder, lease_id)
+
+    def _wait_for_holder(self, holder: KV, own_lease: int) -> None:
+        """Return once a dead holder's key is gone; raise if the holder is alive.
+
+        A dead holder's key expires within the remaining TTL of its lease (etcd checks
+        expiry every 0.5 s); a live holder keeps it longer than that, and its remaining
+        TTL is seen to rise when it refreshes. This lets a container that restarts within
+        the TTL of its crashed predecessor take its key over, while two live processes
+        with one ID never overwrite each other (SPEC §4).
+        """
+        if holder.lease == 0:
+            raise HeldElsewhere(f"{self.key} exists without a lease (written by hand?)")
+        lowest = self.session.time_to_live(holder.lease)
+        log.info(
+            "[announce] %s is held by lease %x (%d s left); waiting to see if its holder is alive",
+            self.key,
+            holder.lease,
+            lowest,
+        )
+        deadline = time.monotonic() + max(lowest, 0) + EXPIRY_MARGIN
+        refreshed_own = time.monotonic()
+        while not self.stop.wait(POLL):
+            current = self.session.get(self.key)
+            if current is None:
+                return
+            if current.lease != holder.lease:
+                raise HeldElsewhere(f"{self.key} was taken by lease {current.lease:x}")
+            ttl = self.session.time_to_live(holder.lease)
+            if ttl > lowest or time.monotonic() > deadline:
+                raise HeldElsewhere(f"{self.key} is kept alive by lease {holder.lease:x}")
+            lowest = min(lowest, ttl)
+            if time.monotonic() - refreshed_own >= self.settings.interval:
+                self.session.keepalive(own_lease)
+                refreshed_own = time.monotonic()
+
+    def run(self) -> int:
+        backoff = Backoff(0.1, 5.0)
+        while not self.stop.is_set():
+            try:
+                delay = self.lease.tick()
+                if backoff.failing:
+                    log.info("[announce] etcd reachable again")
+                backoff.reset()
+                self.metrics.etcd_connected.set(1)
+            except HeldElsewhere as exc:
+                log.error("[announce] ANNOUNCE_ID %r is already announced: %s", self.record.id, exc)
+                self._revoke()
+                return 1
+            except EtcdUnavailable as exc:
+                if not backoff.failing:
+                    log.warning("[announce] etcd unavailable (%s); retrying with back-off", exc)
+                self.metrics.etcd_connected.set(0)
+                self.metrics.etcd_errors.inc()
+                delay = backoff.next()
+            except Exception:
+                log.exception("[announce] unexpected error, please report it as a bug")
+                delay = backoff.next()
+            self.stop.wait(delay)
+        self._revoke()
+        return 0
+
+    def _revoke(self) -> None:
+        try:
+            self.lease.revoke()
+        except EtcdUnavailable as exc:
+            log.warning("[announce] could not revoke the lease (%s); it expires by itself", exc)

@@ -1,0 +1,399 @@
+"""The etcd v3 session: the one place that imports the etcd client (SPEC §8).
+
+It wraps ``pyetcd`` (python-etcd3's maintained fork) and fixes what the measured facts of
+SPEC §8 say every client gets wrong:
+
+- every endpoint is used for failover, and a failed endpoint is retried after
+  ``ENDPOINT_RETRY`` seconds instead of pyetcd's 300;
+- gRPC keepalive is on, so a frozen etcd breaks a watch instead of hanging it;
+- an expired auth token (``invalid auth token``) re-authenticates once and retries;
+- every transport failure surfaces as :class:`EtcdUnavailable` and a compacted watch
+  start as :class:`Compacted`, so callers handle two exceptions, not a dozen.
+
+Leases and watches have no background machinery here: :mod:`discovery.lease` and
+:mod:`discovery.watch` drive them from the daemons' own loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+from pyetcd import exceptions as etcd_exc
+from pyetcd import transactions as etcd_txn
+
+from discovery.kv import KV, Event, WatchBatch
+from discovery.settings import CommonSettings, Endpoint
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RPC_TIMEOUT = 3.0
+ENDPOINT_RETRY = 1.0
+# gRPC keepalive: ping every 5 s (etcd's default minimum), give up 2 s later (SPEC §8).
+GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class EtcdUnavailable(Exception):
+    """etcd could not be reached or did not answer in time."""
+
+
+class Compacted(Exception):
+    """A watch asked for a revision that has been compacted away: list again."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision compacted (compact revision {revision})")
+        self.revision = revision
+
+
+WatchCallback = Callable[[WatchBatch | Exception], None]
+
+
+def _decode(key: bytes) -> str:
+    return key.decode("utf-8", errors="surrogateescape")
+
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8", errors="surrogateescape")
+
+
+def _kv(raw: Any) -> KV:
+    return KV(
+        key=_decode(raw.key),
+        value=bytes(raw.value),
+        create_revision=int(raw.create_revision),
+        mod_revision=int(raw.mod_revision),
+        lease=int(raw.lease),
+    )
+
+
+class _LeaseCompare(etcd_txn.BaseCompare):  # type: ignore[misc]
+    """``lease(key) == id`` (etcd ≥ 3.3); a missing key compares as lease 0."""
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = etcdrpc.Compare.LEASE
+        compare.lease = self.value
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return True
+        return code == grpc.StatusCode.INVALID_ARGUMENT and "auth token" in str(exc.details())
+    return False
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.RpcError):
+        return exc.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.UNKNOWN,
+        )
+    return isinstance(
+        exc,
+        (
+            etcd_exc.ConnectionFailedError,
+            etcd_exc.ConnectionTimeoutError,
+            etcd_exc.InternalServerError,
+            etcd_exc.NoServerAvailableError,
+            etcd_exc.WatchTimedOut,
+        ),
+    ) or (isinstance(exc, ValueError) and "failed node" in str(exc))
+
+
+class EtcdSession:
+    """A connection to an etcd cluster. Thread-safe enough for one user per thread: give
+    each thread that blocks (a watch, a lease loop) its own session via :meth:`fork`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        self._endpoints = tuple(endpoints)
+        self._username = username
+        self._password = password
+        self._tls = (cacert, cert, key)
+        self.timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> EtcdSession:
+        return cls(
+            settings.etcd_endpoints,
+            username=settings.etcd_username,
+            password=settings.etcd_password,
+            cacert=settings.etcd_cacert,
+            cert=settings.etcd_cert,
+            key=settings.etcd_key,
+        )
+
+    def fork(self) -> EtcdSession:
+        """A new, independent session with the same settings."""
+        cacert, cert, key = self._tls
+        return EtcdSession(
+            self._endpoints,
+            username=self._username,
+            password=self._password,
+            cacert=cacert,
+            cert=cert,
+            key=key,
+            timeout=self.timeout,
+        )
+
+    # --- connection ---------------------------------------------------------------
+
+    def _credentials(self) -> Any:
+        cacert, cert, key = self._tls
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as handle:
+                return handle.read()
+
+        return grpc.ssl_channel_credentials(read(cacert), read(key), read(cert))
+
+    def _connect(self) -> Any:
+        creds = self._credentials() if any(e.secure for e in self._endpoints) else None
+        eps = [
+            pyetcd.Endpoint(
+                e.host,
+                e.port,
+                secure=e.secure,
+                creds=creds if e.secure else None,
+                time_retry=ENDPOINT_RETRY,
+                opts=GRPC_OPTIONS,
+            )
+            for e in self._endpoints
+        ]
+        # The constructor authenticates (one RPC) when a user is given.
+        return pyetcd.MultiEndpointEtcd3Client(
+            endpoints=eps,
+            timeout=self.timeout,
+            user=self._username,
+            password=self._password,
+            failover=True,
+        )
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = self._connect()
+                except Exception as exc:
+                    raise self._translate(exc) from exc
+            return self._client
+
+    def _drop_client(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                log.debug("[etcd] closing client failed", exc_info=True)
+
+    def _translate(self, exc: BaseException) -> Exception:
+        """Map a client exception to ours; drop the client when it cannot recover alone."""
+        if isinstance(exc, etcd_exc.RevisionCompactedError):
+            return Compacted(int(exc.compacted_revision))
+        if isinstance(exc, EtcdUnavailable | Compacted):
+            return exc
+        if _is_auth_error(exc):
+            self._drop_client()
+            return EtcdUnavailable(f"authentication: {exc}")
+        if _is_transport_error(exc):
+            return EtcdUnavailable(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, grpc.RpcError):
+            # e.g. PERMISSION_DENIED: not a transport problem, but the daemons treat every
+            # etcd error as "etcd is not usable now" and back off; the message says why.
+            return EtcdUnavailable(f"{exc.code().name}: {exc.details()}")
+        return exc if isinstance(exc, Exception) else Exception(str(exc))
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)``; re-authenticate once on an expired token."""
+        for attempt in (1, 2):
+            client = self._get_client()
+            try:
+                return fn(client)
+            except Exception as exc:
+                if attempt == 1 and _is_auth_error(exc) and self._username is not None:
+                    log.info("[etcd] auth token rejected, authenticating again")
+                    self._drop_client()
+                    continue
+                raise self._translate(exc) from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._drop_client()
+
+    # --- key-value -----------------------------------------------------------------
+
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        """Every key under ``prefix`` and the store revision they were read at."""
+
+        def run(client: Any) -> tuple[list[KV], int]:
+            resp = client.get_prefix_response(_encode(prefix))
+            return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
+
+        return self._call(run)
+
+    def get(self, key: str) -> KV | None:
+        def run(client: Any) -> KV | None:
+            resp = client.get_response(_encode(key))
+            return _kv(resp.kvs[0]) if resp.kvs else None
+
+        return self._call(run)
+
+    def revision(self) -> int:
+        """The current store revision (a one-key read)."""
+
+        def run(client: Any) -> int:
+            resp = client.get_response(b"\0", keys_only=True)
+            return int(resp.header.revision)
+
+        return self._call(run)
+
+    def put(self, key: str, value: str | bytes, *, lease: int = 0) -> None:
+        self._call(lambda client: client.put(_encode(key), value, lease=lease or None))
+
+    def create(self, key: str, value: str | bytes, *, lease: int) -> bool:
+        """Put ``key`` only if it does not exist; ``False`` if it does."""
+
+        def run(client: Any) -> bool:
+            ok, _ = client.transaction(
+                compare=[etcd_txn.Version(_encode(key)) == 0],
+                success=[etcd_txn.Put(_encode(key), value, lease=lease or None)],
+                failure=[],
+            )
+            return bool(ok)
+
+        return self._call(run)
+
+    def put_if_lease(self, key: str, value: str | bytes, *, expect_lease: int, lease: int) -> bool:
+        """Put ``key`` under ``lease`` only if it is now held by ``expect_lease`` (0: absent)."""
+
+        def run(client: Any) -> bool:
+            compare = _LeaseCompare(_encode(key)) == expect_lease
+            ok, _ = client.transaction(
+                compare=[compare],
+                success=[etcd_txn.Put(_encode(key), value, lease=lease or None)],
+                failure=[],
+            )
+            return bool(ok)
+
+        return self._call(run)
+
+    def delete_if_lease(self, key: str, *, expect_lease: int) -> bool:
+        """Delete ``key`` only if it is held by ``expect_lease``."""
+
+        def run(client: Any) -> bool:
+            compare = _LeaseCompare(_encode(key)) == expect_lease
+            ok, _ = client.transaction(
+                compare=[compare, etcd_txn.Version(_encode(key)) > 0],
+                success=[etcd_txn.Delete(_encode(key))],
+                failure=[],
+            )
+            return bool(ok)
+
+        return self._call(run)
+
+    def delete(self, key: str) -> None:
+        self._call(lambda client: client.delete(_encode(key)))
+
+    def compact(self, revision: int) -> None:
+        self._call(lambda client: client.compact(revision, physical=True))
+
+    # --- leases -------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease: its id and the TTL etcd granted (etcd may raise small TTLs)."""
+
+        def run(client: Any) -> tuple[int, int]:
+            lease = client.lease(ttl)
+            return int(lease.id), int(lease.ttl)
+
+        return self._call(run)
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; its new TTL, or 0 when the lease no longer exists."""
+
+        def run(client: Any) -> int:
+            ttl = 0
+            for resp in client.refresh_lease(lease_id):
+                ttl = int(resp.TTL)
+            return ttl
+
+        return self._call(run)
+
+    def time_to_live(self, lease_id: int) -> int:
+        """Seconds left on a lease; -1 when it does not exist."""
+        return self._call(lambda client: int(client.get_lease_info(lease_id).TTL))
+
+    def revoke(self, lease_id: int) -> None:
+        """Revoke a lease (its keys go at once). A lease that is already gone is fine."""
+        try:
+            self._call(lambda client: client.revoke_lease(lease_id))
+        except EtcdUnavailable as exc:
+            if "lease not found" not in str(exc):
+                raise
+
+    # --- watch --------------------------------------------------------------------
+
+    def watch_prefix(
+        self, prefix: str, start_revision: int, callback: WatchCallback
+    ) -> Callable[[], None]:
+        """Watch ``prefix`` from ``start_revision``; ``callback`` gets batches, and at most
+        one exception after which the watch is dead. Returns a cancel function. Raises
+        :class:`Compacted` when ``start_revision`` is gone."""
+
+        def on_response(resp: Any) -> None:
+            if isinstance(resp, BaseException):
+                callback(self._translate(resp))
+                return
+            events = tuple(
+                Event(kv=_kv(ev._event.kv), deleted=isinstance(ev, pyetcd.events.DeleteEvent))
+                for ev in resp.events
+            )
+            last = max((e.kv.mod_revision for e in events), default=0)
+            callback(WatchBatch(events=events, revision=last))
+
+        def run(client: Any) -> int:
+            return int(
+                client.add_watch_prefix_callback(
+                    _encode(prefix), on_response, start_revision=start_revision
+                )
+            )
+
+        watch_id = self._call(run)
+        client = self._client
+
+        def cancel() -> None:
+            try:
+                client.cancel_watch(watch_id)
+            except Exception:
+                log.debug("[watch] cancel failed", exc_info=True)
+
+        return cancel
