@@ -41,6 +41,9 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 5000),
     ("grpc.keepalive_timeout_ms", 2000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's default 4 MiB receive limit lets a few oversized (hostile) values make a
+    # prefix impossible to list or watch, forever; etcd bounds each request itself.
+    ("grpc.max_receive_message_length", -1),
 ]
 
 
@@ -189,13 +192,19 @@ class EtcdSession:
             for e in self._endpoints
         ]
         # The constructor authenticates (one RPC) when a user is given.
-        return pyetcd.MultiEndpointEtcd3Client(
+        client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=eps,
             timeout=self.timeout,
             user=self._username,
             password=self._password,
             failover=True,
         )
+        # pyetcd sends the token twice: as call credentials and as ``token`` metadata.
+        # gRPC refuses call credentials on a plaintext channel ("Established channel does
+        # not have a sufficient security level"; pyetcd issue #17), so every call with a
+        # user over http failed. The metadata alone carries the token, on http and https.
+        client.call_credentials = None
+        return client
 
     def _get_client(self) -> Any:
         with self._lock:
@@ -267,11 +276,15 @@ class EtcdSession:
 
         return self._call(run)
 
-    def revision(self) -> int:
-        """The current store revision (a one-key read)."""
+    def revision(self, prefix: str | None = None) -> int:
+        """The current store revision (a one-key read). Give the ``prefix`` the caller
+        works in: a least-privilege user (SPEC §9) may read nothing outside it."""
 
         def run(client: Any) -> int:
-            resp = client.get_response(b"\0", keys_only=True)
+            if prefix is None:
+                resp = client.get_response(b"\0", keys_only=True)
+            else:
+                resp = client.get_prefix_response(_encode(prefix), keys_only=True, limit=1)
             return int(resp.header.revision)
 
         return self._call(run)
@@ -381,6 +394,10 @@ class EtcdSession:
             callback(WatchBatch(events=events, revision=last))
 
         def run(client: Any) -> int:
+            # etcd refuses a watch (expired auth token, no read permission) by cancelling
+            # it, and pyetcd drops the cancel: the watch would be silently dead. A one-key
+            # read of the same range first re-authenticates, or fails loudly, instead.
+            client.get_prefix_response(_encode(prefix), keys_only=True, limit=1)
             return int(
                 client.add_watch_prefix_callback(
                     _encode(prefix), on_response, start_revision=start_revision

@@ -104,7 +104,7 @@ class PrefixMirror:
                     self._list()
                     must_list = False
                     self.on_change()
-                elif self.session.revision() < self._revision:
+                elif self.session.revision(self.prefix) < self._revision:
                     log.warning(
                         "[watch] etcd revision went backwards; listing %s again", self.prefix
                     )

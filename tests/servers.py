@@ -72,7 +72,14 @@ class Etcd:
 
     BIN = shutil.which("etcd") or "/usr/bin/etcd"
 
-    def __init__(self, workdir: Path, *, name: str = "n1", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        name: str = "n1",
+        extra: tuple[str, ...] = (),
+        scheme: str = "http",
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.data_dir = workdir / f"etcd-{name}"
@@ -81,7 +88,8 @@ class Etcd:
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"etcd-{name}.log"
-        self.scheme = "http"
+        # "https": pass the TLS flags in ``extra``; the client files are in workdir/tls.
+        self.scheme = scheme
 
     @property
     def endpoint(self) -> str:
@@ -163,8 +171,16 @@ class Etcd:
     def ctl(self, *args: str, env: Mapping[str, str] | None = None) -> str:
         """Run etcdctl against this member (v3 API)."""
         full_env = {**os.environ, "ETCDCTL_API": "3", **(env or {})}
+        tls: list[str] = []
+        if self.scheme == "https":
+            tls_dir = self.workdir / "tls"
+            tls = [
+                f"--cacert={tls_dir / 'ca.pem'}",
+                f"--cert={tls_dir / 'client.pem'}",
+                f"--key={tls_dir / 'client-key.pem'}",
+            ]
         out = subprocess.run(
-            ["etcdctl", f"--endpoints={self.endpoint}", *args],
+            ["etcdctl", f"--endpoints={self.endpoint}", *tls, *args],
             capture_output=True,
             text=True,
             env=full_env,

@@ -1,0 +1,252 @@
+"""register against a real etcd, with real announce processes (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from tests.helpers import SHORT_TTL, DeleteRecorder, announce_env, keys, register_env, session
+from tests.servers import Etcd, Stack, wait_for
+
+DB = "/internal/app1/dev/db/ghost.example"
+WEB = "/internal/app1/dev/web/ghost.example"
+SVC_DB = "/services/internal/app1/dev/db/ghost.example/0ce60d000eac"
+DNS_DB = "/skydns/local/skydns/internal/app1/dev/db/example/ghost/0ce60d000eac"
+
+
+def test_original_example(servers: Stack, etcd: Etcd) -> None:
+    """ORIGIN.md's database: the announce record, the service record with IP/EXT_PORT and
+    the SkyDNS record, exactly as SPEC §3 and §5 lay them out."""
+    s = session(etcd)
+    servers.daemon("register", register_env(etcd, "hosta", "127.0.0.2"))
+    servers.daemon(
+        "announce",
+        announce_env(etcd, DB, 5432, type_="TCP", ANNOUNCE_ID="0ce60d000eac"),
+    )
+    wait_for(lambda: s.get(DNS_DB), 5, what="skydns record")
+    announce = {
+        "ID": "0ce60d000eac",
+        "APP": "app1",
+        "ENV": "dev",
+        "SERVICE": "db",
+        "NAME": "ghost.example",
+        "PORT": 5432,
+        "TYPE": "TCP",
+        "HOST": "hosta",
+    }
+    got = keys(s, "/")
+    assert got["/announce/internal/app1/dev/db/ghost.example/0ce60d000eac"] == announce
+    assert got[SVC_DB] == {**announce, "IP": "127.0.0.2", "EXT_PORT": 5432, "NODE": "hosta"}
+    assert got[DNS_DB] == {"host": "127.0.0.2", "port": 5432, "ttl": SHORT_TTL}
+
+
+def test_follows_add_remove_and_move(servers: Stack, etcd: Etcd) -> None:
+    """Instances added, removed and moved (same ID, new port) are followed, and a move
+    rewrites the key in place (no delete)."""
+    s = session(etcd)
+    servers.daemon("register", register_env(etcd, FRONTEND_IP="127.0.0.9"))
+    a = servers.daemon("announce", announce_env(etcd, WEB, 8080, ANNOUNCE_ID="w1"))
+    servers.daemon("announce", announce_env(etcd, WEB, 8081, ANNOUNCE_ID="w2"))
+    svc = "/services/internal/app1/dev/web/ghost.example/"
+    wait_for(lambda: set(keys(s, svc)) == {svc + "w1", svc + "w2"}, 5, what="two instances")
+    dns_dir = "/skydns/local/skydns/internal/app1/dev/web/example/ghost/"
+    wait_for(lambda: len(keys(s, dns_dir)) == 2, 5, what="two DNS records")
+    assert {v["host"] for v in keys(s, dns_dir).values()} == {"127.0.0.9"}
+
+    a.send(signal.SIGTERM)
+    wait_for(lambda: set(keys(s, svc)) == {svc + "w2"}, 5, what="w1 removed")
+
+    # A move: the announcement of w2 changes port under the same key.
+    recorder = DeleteRecorder(s, "/services/")
+    ann_key = "/announce/internal/app1/dev/web/ghost.example/w2"
+    current = s.get(ann_key)
+    assert current is not None
+    moved = {**json.loads(current.value), "PORT": 9090}
+    s.put(ann_key, json.dumps(moved), lease=current.lease)
+    wait_for(lambda: keys(s, svc).get(svc + "w2", {}).get("EXT_PORT") == 9090, 5, what="move")
+    assert recorder.stop() == []
+
+
+def test_restart_removes_no_key_at_any_moment(servers: Stack, etcd: Etcd) -> None:
+    """SIGTERM then start: the new register adopts the keys and their lease; no /services
+    or /skydns key is deleted at any moment."""
+    s = session(etcd)
+    env = register_env(etcd, FRONTEND_IP="127.0.0.9")
+    r = servers.daemon("register", env)
+    for i in range(3):
+        servers.daemon("announce", announce_env(etcd, WEB, 8080 + i))
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
+    wait_for(lambda: len(keys(s, "/services/")) == 4, 5, what="4 services")
+    wait_for(lambda: len(keys(s, "/skydns/")) == 4, 5, what="4 dns records")
+    before = {kv.key: kv.lease for kv in s.get_prefix("/services/")[0]}
+
+    deletes_services = DeleteRecorder(s, "/services/")
+    deletes_dns = DeleteRecorder(s, "/skydns/")
+    r.send(signal.SIGTERM)
+    assert r.proc is not None and r.proc.wait(5) == 0
+    servers.daemon("register", env)
+    time.sleep(SHORT_TTL * 2 + 1)  # past the old TTL: the lease is kept by the new one
+    assert deletes_services.stop() == []
+    assert deletes_dns.stop() == []
+    after = {kv.key: kv.lease for kv in s.get_prefix("/services/")[0]}
+    assert after == before
+
+
+def test_killed_register_loses_its_keys_within_ttl(servers: Stack, etcd: Etcd) -> None:
+    """A register killed and never restarted: its keys expire within TTL + 1 s."""
+    s = session(etcd)
+    r = servers.daemon("register", register_env(etcd))
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
+    wait_for(lambda: keys(s, "/skydns/"), 5, what="registered")
+    time.sleep(1.5)
+    r.send(signal.SIGKILL)
+    wait_for(
+        lambda: not keys(s, "/services/") and not keys(s, "/skydns/"),
+        SHORT_TTL + 1,
+        0.05,
+        "keys expired",
+    )
+    assert keys(s, "/announce/")  # the announcement itself is untouched
+
+
+def test_revoke_on_exit(servers: Stack, etcd: Etcd) -> None:
+    """REGISTER_REVOKE_ON_EXIT=1: SIGTERM revokes the lease and the keys go at once."""
+    s = session(etcd)
+    r = servers.daemon("register", register_env(etcd, REGISTER_REVOKE_ON_EXIT="1"))
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
+    wait_for(lambda: keys(s, "/skydns/"), 5, what="registered")
+    r.send(signal.SIGTERM)
+    wait_for(lambda: not keys(s, "/services/"), 1, 0.01, "keys revoked")
+
+
+def test_two_nodes_never_touch_each_others_keys(servers: Stack, etcd: Etcd) -> None:
+    """Two registers with different NODE_NAME: each registers only its own host's
+    instances, under its own lease; killing one removes exactly its keys."""
+    s = session(etcd)
+    ra = servers.daemon("register", register_env(etcd, "hosta", "127.0.0.2"))
+    servers.daemon("register", register_env(etcd, "hostb", "127.0.0.3"))
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP", host="hosta"))
+    servers.daemon("announce", announce_env(etcd, DB, 5433, type_="TCP", host="hostb"))
+    svc = "/services/internal/app1/dev/db/ghost.example/"
+    wait_for(
+        lambda: len(keys(s, svc)) == 2 and len(keys(s, "/skydns/")) == 2, 5, what="both registered"
+    )
+    got = keys(s, svc)
+    assert got[svc + "hosta-5432"]["IP"] == "127.0.0.2"
+    assert got[svc + "hosta-5432"]["NODE"] == "hosta"
+    assert got[svc + "hostb-5433"]["IP"] == "127.0.0.3"
+    leases = {kv.key: kv.lease for kv in s.get_prefix("/")[0] if kv.key.startswith(svc)}
+    assert leases[svc + "hosta-5432"] != leases[svc + "hostb-5433"]
+
+    deletes = DeleteRecorder(s, "/services/")
+    ra.send(signal.SIGKILL)
+    wait_for(
+        lambda: set(keys(s, svc)) == {svc + "hostb-5433"},
+        SHORT_TTL + 1,
+        0.05,
+        "only hosta's key expired",
+    )
+    time.sleep(1)
+    assert deletes.stop() == [svc + "hosta-5432"]
+
+
+def test_foreign_key_is_left_alone(servers: Stack, etcd: Etcd) -> None:
+    """A key for the same instance held by another node's lease is neither overwritten nor
+    deleted."""
+    s = session(etcd)
+    lease, _ = s.grant(30)
+    foreign = {
+        "ID": "hosta-5432",
+        "APP": "app1",
+        "ENV": "dev",
+        "SERVICE": "db",
+        "NAME": "ghost.example",
+        "PORT": 5432,
+        "TYPE": "TCP",
+        "HOST": "hosta",
+        "IP": "127.0.0.77",
+        "EXT_PORT": 5432,
+        "NODE": "elsewhere",
+    }
+    key = "/services/internal/app1/dev/db/ghost.example/hosta-5432"
+    s.put(key, json.dumps(foreign), lease=lease)
+    r = servers.daemon("register", register_env(etcd))
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
+    wait_for(lambda: keys(s, "/skydns/"), 5, what="dns record written")
+    wait_for(lambda: "another node's lease" in r.log(), 5, what="conflict logged")
+    kv = s.get(key)
+    assert kv is not None and kv.lease == lease and json.loads(kv.value) == foreign
+
+
+def test_http_dns_follows_frontends(servers: Stack, etcd: Etcd) -> None:
+    """HTTP DNS records point at every live frontend covering the service, then fall back
+    to FRONTEND_IP when the frontends go."""
+    s = session(etcd)
+    dns_dir = "/skydns/local/skydns/internal/app1/dev/web/example/ghost/"
+    servers.daemon("register", register_env(etcd, FRONTEND_IP="127.0.0.9", FRONTEND_PORT="8000"))
+    servers.daemon("announce", announce_env(etcd, WEB, 8080, ANNOUNCE_ID="w1"))
+    wait_for(
+        lambda: (
+            keys(s, dns_dir)
+            == {dns_dir + "w1": {"host": "127.0.0.9", "port": 8000, "ttl": SHORT_TTL}}
+        ),
+        5,
+        what="fallback record",
+    )
+    lease, _ = s.grant(30)
+    s.put(
+        "/frontends/lb-1",
+        json.dumps(
+            {
+                "ID": "lb-1",
+                "IP": "127.0.0.5",
+                "PORT": 80,
+                "LISTEN_PATH": ["/services/internal/app1/dev"],
+            }
+        ),
+        lease=lease,
+    )
+    s.put(
+        "/frontends/lb2",
+        json.dumps(
+            {
+                "ID": "lb2",
+                "IP": "127.0.0.6",
+                "PORT": 81,
+                "LISTEN_PATH": ["/services/internal/app1/sit"],
+            }
+        ),
+        lease=lease,
+    )
+    wait_for(
+        lambda: (
+            keys(s, dns_dir)
+            == {dns_dir + "w1-lb-1": {"host": "127.0.0.5", "port": 80, "ttl": SHORT_TTL}}
+        ),
+        5,
+        what="frontend record",
+    )
+    s.revoke(lease)
+    wait_for(lambda: set(keys(s, dns_dir)) == {dns_dir + "w1"}, 5, what="fallback again")
+
+
+def test_docker_runtime_points_to_host_runtime(servers: Stack, etcd: Etcd) -> None:
+    """RUNTIME=docker is not built yet: one line pointing to RUNTIME=host, exit 2."""
+    env = register_env(etcd)
+    env["RUNTIME"] = "docker"
+    r = servers.daemon("register", env)
+    assert r.proc is not None and r.proc.wait(10) == 2
+    assert "RUNTIME=host" in r.log()
+
+
+def test_unnamed_environment_uses_default_label(servers: Stack, etcd: Etcd) -> None:
+    """An environment without a name registers under the reserved `default` DNS label."""
+    s = session(etcd)
+    servers.daemon("register", register_env(etcd))
+    servers.daemon("announce", announce_env(etcd, "/internal/app1/dev/db", 5432, type_="TCP"))
+    wait_for(
+        lambda: keys(s, "/skydns/local/skydns/internal/app1/dev/db/default/"),
+        5,
+        what="default label",
+    )
