@@ -81,14 +81,15 @@ class ServicePath:
                 raise InvalidRecord(Reason.BAD_KEY, f"path component {part!r} is not a DNS label")
         if self.name and not is_name(self.name):
             raise InvalidRecord(Reason.BAD_KEY, f"name {self.name!r} is not dot-joined DNS labels")
-        if self.name == RESERVED_NAME:
+        if self.name.rpartition(".")[2] == RESERVED_NAME:
+            # `x.default` would sit under the unnamed environment's DNS key (SPEC §5).
             raise InvalidRecord(Reason.BAD_KEY, f"name {RESERVED_NAME!r} is reserved (SPEC §5)")
 
     @classmethod
     def parse(cls, path: str) -> ServicePath:
         """Parse ``/scope/app/env/service[/name]``, lower-casing the components."""
         parts = path.split("/")
-        if parts[0] != "" or not 5 <= len(parts) <= 6:
+        if parts[0] != "" or not 5 <= len(parts) <= 6 or not all(parts[1:]):
             raise InvalidRecord(
                 Reason.BAD_KEY, f"{path!r} is not /<scope>/<app>/<env>/<service>[/<name>]"
             )

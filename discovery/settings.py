@@ -263,9 +263,11 @@ def endpoints(raw: str) -> tuple[Endpoint, ...]:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"{item!r} is not http(s)://host:port")
         try:
-            url_port = url.port or 2379
+            url_port = 2379 if url.port is None else url.port
         except ValueError:
             raise ValueError(f"{item!r} has a bad port") from None
+        if not 1 <= url_port <= 65535:
+            raise ValueError(f"{item!r} has a bad port")
         out.append(Endpoint(url.hostname, url_port, url.scheme == "https"))
     if not out:
         raise ValueError("must name at least one endpoint")
