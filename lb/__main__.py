@@ -1,14 +1,34 @@
-"""``python -m lb`` / ``haroute-lb``: arrives with the lb issue (SPEC §6)."""
+"""``python -m lb`` / ``haroute-lb``."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
+from discovery.daemon import Stopper, load_or_exit, run_main
+from discovery.etcd import EtcdSession
+from discovery.metrics import serve
+from lb import process
+from lb.controller import Controller
+from lb.metrics import LbMetrics
+from lb.settings import LbSettings
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("haroute-lb: the load balancer is not built yet (see the lb issue)", file=sys.stderr)
-    return 2
+    settings = load_or_exit(LbSettings, argv, os.environ, "haroute-lb")
+    stop = Stopper()
+    stop.install()
+    metrics = LbMetrics()
+    serve(settings.metrics_addr, metrics.registry)
+    haproxy: process.SpawnedHAProxy | process.ExternalHAProxy
+    if settings.haproxy_manage == "spawn":
+        haproxy = process.SpawnedHAProxy(settings.haproxy_bin, settings.haproxy_dir)
+    else:
+        assert settings.haproxy_reload_cmd is not None
+        haproxy = process.ExternalHAProxy(settings.haproxy_reload_cmd, settings.admin_socket)
+    session = EtcdSession.from_settings(settings)
+    return run_main(Controller(settings, session, haproxy, metrics, stop).run)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The haroute demo, all on loopback: the original story of ORIGIN.md.
 
-etcd, one register for host "hosta" (address 127.0.0.2), two web instances in the named
-environment ghost.example of dev and sit, and the database of ORIGIN.md, each with its
-own announce. It prints what was written to etcd and what to try, then runs until
-Ctrl-C. With ``--check`` it verifies the keys and exits (the test suite runs that).
+etcd; one register for host "hosta" (address 127.0.0.2); web instances in the named
+environment ghost.example of dev (two) and sit (one) and the database of ORIGIN.md, each
+with its own announce; a frontend lb routing HTTP by Host for dev and sit; and a sidecar
+lb that makes the dev database reachable on 127.0.0.1 at its own port. It prints what to
+curl, then runs until Ctrl-C. With ``--check`` it makes those requests itself and exits
+(the test suite runs that).
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[3])), H).serve_forever()
+"""
+
+
+ECHO_SERVER = """
+import socketserver, sys
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(4096):
+            self.request.sendall(b"db says: " + data)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
 """
 
 
@@ -120,6 +133,18 @@ class Demo:
         )
         return port
 
+    def lb(self, name: str, env: dict[str, str]) -> None:
+        self.daemon(
+            name,
+            "lb",
+            {
+                "HAPROXY_DIR": str(self.workdir / name),
+                "LB_ID": name,
+                "RELOAD_MIN_INTERVAL": "0.2",
+                **env,
+            },
+        )
+
     def etcdctl(self, *args: str) -> str:
         out = subprocess.run(
             ["etcdctl", f"--endpoints={self.endpoint}", *args],
@@ -146,12 +171,40 @@ class Demo:
                 proc.wait(5)
 
 
+def http_get(port: int, host: str) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def db_echo(port: int, text: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(text)
+        return sock.recv(4096)
+
+
+def wait(what: str, check: object, workdir: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if callable(check) and check():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: {what} did not happen; logs in {workdir}")
+        time.sleep(0.2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="verify and exit")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="haroute-demo-"))
     demo = Demo(workdir)
+    http_port = free_port()
+    dev_host = "ghost.example.web.dev.app1.internal.skydns.local"
+    sit_host = "ghost.example.web.sit.app1.internal.skydns.local"
     try:
         demo.start_etcd()
         demo.daemon(
@@ -161,48 +214,74 @@ def main() -> int:
                 "RUNTIME": "host",
                 "NODE_NAME": "hosta",
                 "HOST_IP": HOST_IP,
-                "FRONTEND_IP": "127.0.0.1",
             },
         )
-        dev = demo.web("web-dev-1", "dev")
-        sit = demo.web("web-sit-1", "sit")
+        demo.lb(
+            "frontend",
+            {
+                "LISTEN_PATH": "/services/internal/app1/dev,/services/internal/app1/sit",
+                "HTTP_BIND": f"127.0.0.1:{http_port}",
+                "TCP_BIND_ADDR": "",
+                "ADVERTISE_IP": "127.0.0.1",
+                "FRONTEND_PORT": str(http_port),
+            },
+        )
+        demo.web("web-dev-1", "dev")
+        demo.web("web-dev-2", "dev")
+        demo.web("web-sit-1", "sit")
+        db_port = free_port(HOST_IP)
+        demo.spawn("db", [sys.executable, "-c", ECHO_SERVER, HOST_IP, str(db_port)])
         demo.daemon(
             "announce-db",
             "announce",
             {
                 "ANNOUNCE_PATH": "/internal/app1/dev/db/ghost.example",
-                "PORT": "5432",
+                "PORT": str(db_port),
                 "TYPE": "TCP",
                 "ANNOUNCE_ID": "0ce60d000eac",
                 "ANNOUNCE_HOST": "hosta",
             },
         )
-        deadline = time.monotonic() + 15
-        while len(demo.keys("/services/")) < 3 or len(demo.keys("/skydns/")) < 3:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: services did not register; logs in {workdir}")
-            time.sleep(0.2)
-        services = demo.keys("/services/")
-        skydns = demo.keys("/skydns/")
-        print("haroute demo is running (etcd at " + demo.endpoint + ")\n")
-        for title, found in (("services", services), ("DNS records", skydns)):
-            print(f"{title}:")
-            for key, value in found.items():
-                print(f"  {key}\n    {json.dumps(value)}")
-        print(f"""
-Try:
-  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} get --prefix /
-  curl http://{HOST_IP}:{dev}/     # the dev instance, at the address register published
-  curl http://{HOST_IP}:{sit}/     # the sit instance
-  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} watch --prefix /services
-The load balancer (lb) that routes http://ghost.example.web.dev.app1.internal.skydns.local
-to these instances is the next piece of work. Logs: {workdir}. Ctrl-C stops everything.""")
+        demo.lb(
+            "sidecar",
+            {
+                "LISTEN_PATH": "/services/internal/app1/dev/db/ghost.example",
+                "HTTP_BIND": "",
+                "TCP_BIND_ADDR": "127.0.0.1",
+            },
+        )
+        wait(
+            "dev routing",
+            lambda: len({http_get(http_port, dev_host) for _ in range(6)}) == 2,
+            workdir,
+        )
+        wait("sit routing", lambda: "web-sit-1" in http_get(http_port, sit_host), workdir)
+        wait("the sidecar", lambda: db_echo(db_port, b"hi") == b"db says: hi", workdir)
+        print(
+            f"""haroute demo is running: etcd at {demo.endpoint}, logs in {workdir}
+
+The frontend lb routes by Host header (it also announced itself in /frontends, so the
+DNS records of the web services point at it):
+  curl -H 'Host: {dev_host}' http://127.0.0.1:{http_port}/
+  curl -H 'Host: {sit_host}' http://127.0.0.1:{http_port}/
+  curl -H 'Host: unknown.example' http://127.0.0.1:{http_port}/     # 503
+
+The sidecar lb makes the dev database of ORIGIN.md reachable on its own port:
+  python3 -c 'import socket; s=socket.create_connection(("127.0.0.1",{db_port})); s.sendall(b"hello"); print(s.recv(99))'
+
+What the daemons wrote to etcd:
+  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} get --prefix /services
+  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} get --prefix /skydns
+Ctrl-C stops everything.""",
+            flush=True,
+        )
         if args.check:
-            db = services["/services/internal/app1/dev/db/ghost.example/0ce60d000eac"]
-            assert isinstance(db, dict) and db["IP"] == HOST_IP and db["EXT_PORT"] == 5432
-            for port in (dev, sit):
-                with urllib.request.urlopen(f"http://{HOST_IP}:{port}/", timeout=5) as resp:
-                    assert resp.status == 200
+            dns = demo.keys("/skydns/local/skydns/internal/app1/dev/web/example/ghost/")
+            assert (
+                all(v == {"host": "127.0.0.1", "port": http_port, "ttl": 15} for v in dns.values())
+                and len(dns) == 2
+            ), dns
+            assert http_get(http_port, sit_host).startswith("hello from web-sit-1")
             print("\ndemo: check passed")
             return 0
         # Blocked only now: children spawned earlier must not inherit a blocked SIGTERM.

@@ -9,8 +9,9 @@ from tests.servers import ROOT
 
 
 def test_demo_check_passes() -> None:
-    """`scripts/demo.py --check` brings up etcd, register and the example services on
-    loopback, verifies the keys and the instances, and stops everything it started."""
+    """`scripts/demo.py --check` brings up etcd, register, a frontend lb, a sidecar lb and
+    the example services on loopback, makes the requests it tells a person to make, and
+    stops everything it started."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--check"],
         capture_output=True,
@@ -20,4 +21,4 @@ def test_demo_check_passes() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo: check passed" in out.stdout
-    assert "/skydns/local/skydns/internal/app1/dev/db/example/ghost/0ce60d000eac" in out.stdout
+    assert "curl -H 'Host: ghost.example.web.dev.app1.internal.skydns.local'" in out.stdout

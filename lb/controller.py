@@ -1,0 +1,430 @@
+"""The lb's loop: snapshot → desired → plan → apply (SPEC §6).
+
+Mirrors of the listened prefixes wake the loop; each cycle derives the desired state from
+their snapshots, plans against what HAProxy runs, and applies the plan: runtime commands
+on the admin socket (the normal case), or a checked, coalesced reload (a layout change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from discovery.daemon import Stopper
+from discovery.etcd import EtcdSession, EtcdUnavailable
+from discovery.kv import KV
+from discovery.lease import LeaseKeeper
+from discovery.records import FrontendRecord
+from discovery.rejects import RejectLog
+from discovery.watch import PrefixMirror
+from lb import process, state
+from lb.desired import Desired, desired_state, parse_records
+from lb.guard import MassRemovalGuard
+from lb.metrics import LbMetrics
+from lb.plan import Applied, Plan, Timers, plan
+from lb.reload import ReloadGate
+from lb.render import RenderContext, render_config, render_map
+from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
+from lb.settings import LbSettings
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "haproxy.cfg.j2"
+IDLE_CYCLE = 0.5
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: LbSettings,
+        session: EtcdSession,
+        haproxy: process.SpawnedHAProxy | process.ExternalHAProxy,
+        metrics: LbMetrics,
+        stop: Stopper,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s = settings
+        self.session = session
+        self.haproxy = haproxy
+        self.runtime = RuntimeClient(settings.admin_socket)
+        self.metrics = metrics
+        self.stop = stop
+        self.clock = clock
+        self.wake = threading.Event()
+        stop.link(self.wake)
+        self.mirrors = [
+            PrefixMirror(
+                session.fork(),
+                settings.layout.listen_key(p),
+                on_change=self._changed,
+                metrics=metrics,
+            )
+            for p in settings.listen_path
+        ]
+        self.gate = ReloadGate(settings.reload_min_interval)
+        self.guard = MassRemovalGuard(window=float(settings.ttl), grace=settings.mass_removal_grace)
+        self.timers = Timers(settings.slots, settings.drain_timeout, settings.backend_gc_after)
+        self.rejects = RejectLog(metrics)
+        self.ctx = RenderContext(
+            settings.lb_id,
+            settings.admin_socket,
+            settings.map_path,
+            settings.http_bind,
+            settings.tcp_bind_addr,
+            settings.haproxy_metrics_addr,
+        )
+        self.applied = Applied()
+        self.changed_at: float | None = None
+        self.force_reload: str | None = None
+        self.excluded_ports: set[int] = set()
+        self.failed_config: str | None = None
+        self.template_digest = ""
+        self.frontend: LeaseKeeper | None = None
+        if settings.http_bind is not None and settings.advertise_ip is not None:
+            self.frontend = LeaseKeeper(
+                session,
+                settings.ttl,
+                interval=settings.ttl / 3,
+                write=self._write_frontend,
+                metrics=metrics,
+                name="frontend",
+            )
+
+    # --- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        threads = [
+            threading.Thread(
+                target=m.run, args=(self.stop.event,), daemon=True, name=f"mirror{m.prefix}"
+            )
+            for m in self.mirrors
+        ]
+        for thread in threads:
+            thread.start()
+        self._start()
+        while not self.stop.is_set():
+            try:
+                timeout = self.cycle()
+            except Exception:
+                log.exception("[lb] unexpected error, please report it as a bug")
+                timeout = 1.0
+            self.wake.wait(timeout)
+            self.wake.clear()
+        self._shutdown()
+        for thread in threads:
+            thread.join(2)
+        return 0
+
+    def cycle(self) -> float:
+        now = self.clock()
+        self._tick_frontend()
+        if not self.haproxy.alive():
+            self._restart_haproxy()
+            return IDLE_CYCLE
+        self._check_template()
+        if not all(m.snapshot().synced for m in self.mirrors):
+            return IDLE_CYCLE
+        desired = self.guard.filter(self._desired(), now)
+        self.metrics.held.set(self.guard.held_count)
+        p = plan(
+            desired,
+            self.applied,
+            now=now,
+            timers=self.timers,
+            map_path=self.s.map_path,
+            sessions=self._sessions(),
+        )
+        reason = p.reload or self.force_reload
+        if reason is not None:
+            self.gate.request(reason)
+            wait = self.gate.wait(now)
+            if wait > 0:
+                return min(wait, IDLE_CYCLE)
+            reasons = self.gate.take(now)
+            if self._reload(p.target, reasons[0], reasons):
+                self.force_reload = None
+                self._converged()
+        elif p.commands:
+            self._apply(p)
+        else:
+            self.applied = p.target
+            self._converged()
+        self._report()
+        return IDLE_CYCLE
+
+    # --- desired state ---------------------------------------------------------------
+
+    def _desired(self) -> Desired:
+        items: dict[str, KV] = {}
+        for mirror in self.mirrors:
+            items.update(mirror.snapshot().items)
+        records, rejected = parse_records(items.values(), self.s.layout, self.s.listen_path)
+        for bad in rejected:
+            self.rejects.reject(bad.key, bad.mod_revision, bad.error)
+        self.rejects.forget_missing(items)
+        desired = desired_state(
+            records,
+            domain=self.s.dns_domain,
+            http=self.s.http_bind is not None,
+            tcp=self.s.tcp_bind_addr is not None,
+        )
+        self._retry_excluded_ports()
+        if self.excluded_ports:
+            services = {
+                n: svc
+                for n, svc in desired.services.items()
+                if svc.mode != "tcp" or svc.port not in self.excluded_ports
+            }
+            desired = replace(desired, services=services)
+        for problem in desired.problems:
+            log.warning(
+                "[lb] %s %s: %s",
+                problem.kind,
+                problem.key,
+                problem.detail,
+                extra={"key": problem.key, "reason": problem.kind},
+            )
+        return desired
+
+    def _sessions(self) -> dict[tuple[str, str], int]:
+        if not any(s.state == "drain" for t in self.applied.slots.values() for s in t):
+            return {}
+        try:
+            return self.runtime.server_sessions()
+        except (RuntimeUnavailable, RuntimeCommandError):
+            return {}
+
+    # --- applying ------------------------------------------------------------------------
+
+    def _apply(self, p: Plan) -> None:
+        try:
+            self.runtime.execute(list(p.commands))
+        except (RuntimeCommandError, ValueError) as exc:
+            self.metrics.runtime_commands.labels("failed").inc()
+            log.error(
+                "[runtime] %s; reloading the full desired state",
+                exc,
+                extra={"reason": "runtime_failed"},
+            )
+            self.force_reload = "runtime_failed"
+            self.wake.set()
+            return
+        except RuntimeUnavailable as exc:
+            # It may have failed part-way through a batch: HAProxy's state is unknown.
+            log.warning("[runtime] admin socket unavailable (%s); reloading", exc)
+            self.force_reload = "runtime_failed"
+            return
+        self.metrics.runtime_commands.labels("ok").inc(len(p.commands))
+        for command in p.commands:
+            log.info("[runtime] %s", command)
+        self.applied = p.target
+        self._converged()
+
+    def _converged(self) -> None:
+        if self.changed_at is not None:
+            self.metrics.convergence.observe(max(0.0, self.clock() - self.changed_at))
+            self.changed_at = None
+
+    def _reload(self, target: Applied, reason: str, reasons: list[str]) -> bool:
+        """Render, check, install and reload; ``False`` leaves the running config alone."""
+        text = render_config(self._template(), target, self.ctx, TEMPLATE)
+        if text == self.failed_config:
+            return False  # the same config failed its check already
+        cfg, map_path = Path(self.s.cfg_path), Path(self.s.map_path)
+        staged_cfg, staged_map = (
+            cfg.with_name(cfg.name + ".new"),
+            map_path.with_name(map_path.name + ".new"),
+        )
+        staged_cfg.write_text(text)
+        staged_map.write_text(render_map(target))
+        if not map_path.exists():  # `haproxy -c` opens the map the config names
+            map_path.write_text("")
+        check = process.check_config(self.s.haproxy_bin, str(staged_cfg))
+        if not check.ok:
+            self.failed_config = text
+            self.metrics.config_check_failures.inc()
+            self.metrics.reloads.labels(reason, "failed").inc()
+            log.error(
+                "[reload] config check failed (%s); the running config stays: %s",
+                reason,
+                check.message.strip(),
+                extra={"reason": reason},
+            )
+            return False
+        previous = cfg.read_text() if cfg.exists() else None
+        os.replace(staged_map, map_path)
+        os.replace(staged_cfg, cfg)
+        result = self.haproxy.reload()
+        if not result.ok:
+            self.metrics.reloads.labels(reason, "failed").inc()
+            log.error(
+                "[reload] HAProxy refused the reload (%s): %s",
+                reason,
+                result.detail,
+                extra={"reason": reason},
+            )
+            if previous is not None:
+                cfg.write_text(previous)
+            self._exclude_unbindable(target)
+            self.wake.set()
+            return False
+        self.failed_config = None
+        self.applied = target
+        state.save_layout(self.s.haproxy_dir, target)
+        self.metrics.reloads.labels(reason, "ok").inc()
+        self.metrics.last_reload.set(time.time())
+        log.info("[reload] reloaded (%s)", ", ".join(reasons), extra={"reason": reason})
+        return True
+
+    def _template(self) -> str:
+        return (Path(self.s.template_dir) / TEMPLATE).read_text()
+
+    def _check_template(self) -> None:
+        digest = hashlib.sha256(self._template().encode()).hexdigest()
+        if self.template_digest and digest != self.template_digest:
+            log.info("[reload] template %s changed", TEMPLATE)
+            self.force_reload = self.force_reload or "template_changed"
+        self.template_digest = digest
+
+    # --- TCP ports another process holds (haproxy -c passes, the reload fails) --------
+
+    def _exclude_unbindable(self, target: Applied) -> None:
+        for backend in target.backends.values():
+            old = self.applied.backends.get(backend.name)
+            new_port = backend.mode == "tcp" and (old is None or old.port != backend.port)
+            if new_port and not _bindable(self.s.tcp_bind_addr or "127.0.0.1", backend.port):
+                log.error(
+                    "[reload] port %d of %s is held by another process; leaving it out",
+                    backend.port,
+                    backend.name,
+                    extra={"backend": backend.name, "reason": "port_in_use"},
+                )
+                self.excluded_ports.add(backend.port)
+
+    def _retry_excluded_ports(self) -> None:
+        for port in list(self.excluded_ports):
+            if _bindable(self.s.tcp_bind_addr or "127.0.0.1", port):
+                self.excluded_ports.discard(port)
+
+    # --- HAProxy process ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        process.prepare_directory(self.s.haproxy_dir)
+        if self.haproxy.adopt() and self._adopt():
+            return
+        if isinstance(self.haproxy, process.SpawnedHAProxy) and not self.haproxy.alive():
+            self._cold_start("haproxy_restarted" if Path(self.s.cfg_path).exists() else None)
+
+    def _adopt(self) -> bool:
+        layout = state.load_layout(self.s.haproxy_dir)
+        if layout is None:
+            return False
+        try:
+            servers = [
+                (st.backend, st.server, st.addr, st.port, st.admin)
+                for st in self.runtime.servers_state()
+            ]
+            hosts = self.runtime.show_map(self.s.map_path) if self.s.http_bind else {}
+        except (RuntimeUnavailable, RuntimeCommandError) as exc:
+            log.warning("[lb] cannot read the running HAProxy (%s); not adopting it", exc)
+            return False
+        adopted = state.adopted_state(layout, servers, hosts, self.clock())
+        if adopted is None:
+            log.info("[lb] the running HAProxy does not match its layout file; reloading")
+            return False
+        self.applied = adopted
+        log.info("[lb] adopted the running HAProxy (%d backends)", len(adopted.backends))
+        return True
+
+    def _cold_start(self, reason: str | None) -> None:
+        """(Re)start HAProxy from the state we believe it should run."""
+        Path(self.s.cfg_path).write_text(
+            render_config(self._template(), self.applied, self.ctx, TEMPLATE)
+        )
+        Path(self.s.map_path).write_text(render_map(self.applied))
+        assert isinstance(self.haproxy, process.SpawnedHAProxy)
+        self.haproxy.start()
+        state.save_layout(self.s.haproxy_dir, self.applied)
+        if reason is not None:
+            self.metrics.reloads.labels(reason, "ok").inc()
+        log.info("[lb] HAProxy started")
+
+    def _restart_haproxy(self) -> None:
+        if not isinstance(self.haproxy, process.SpawnedHAProxy):
+            log.warning("[lb] the external HAProxy does not answer on %s", self.s.admin_socket)
+            return
+        log.error("[lb] HAProxy is gone; starting it again with the current state")
+        # Draining slots restart disabled: the connections they drained died with HAProxy.
+        slots = {
+            n: tuple(
+                s if s.state != "drain" else replace(s, state="maint", instance=None) for s in t
+            )
+            for n, t in self.applied.slots.items()
+        }
+        self.applied = replace(self.applied, slots=slots)
+        try:
+            self._cold_start("haproxy_restarted")
+        except Exception:
+            self.metrics.reloads.labels("haproxy_restarted", "failed").inc()
+            log.exception("[lb] HAProxy failed to start")
+
+    def _shutdown(self) -> None:
+        if self.frontend is not None:
+            with contextlib.suppress(EtcdUnavailable):
+                self.frontend.revoke()
+        if isinstance(self.haproxy, process.SpawnedHAProxy):
+            log.info("[lb] stopping HAProxy softly")
+            self.haproxy.stop(soft=True)
+
+    # --- /frontends and metrics ----------------------------------------------------------
+
+    def _write_frontend(self, lease_id: int) -> None:
+        assert self.s.advertise_ip is not None
+        record = FrontendRecord(
+            self.s.lb_id, self.s.advertise_ip, self.s.frontend_port, self.s.listen_path
+        )
+        self.session.put(self.s.layout.frontend_key(self.s.lb_id), record.to_json(), lease=lease_id)
+
+    def _tick_frontend(self) -> None:
+        if self.frontend is None:
+            return
+        try:
+            self.frontend.tick()
+        except EtcdUnavailable as exc:
+            log.debug("[lb] frontend lease: %s", exc)
+
+    def _changed(self) -> None:
+        if self.changed_at is None:
+            self.changed_at = self.clock()
+        self.wake.set()
+
+    def _report(self) -> None:
+        self.metrics.slots.clear()
+        drains = 0
+        for name, table in self.applied.slots.items():
+            used = sum(1 for s in table if not s.free)
+            drains += sum(1 for s in table if s.state == "drain")
+            self.metrics.slots.labels(name, "used").set(used)
+            self.metrics.slots.labels(name, "free").set(len(table) - used)
+        self.metrics.drains.set(drains)
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
+    return True

@@ -1,0 +1,93 @@
+"""Target state → the complete HAProxy config and Host map (SPEC §6). Pure: the
+templates are read by the caller and passed in as text.
+
+Only validated values reach the templates (labels, IP addresses, ports, names built from
+them); :func:`check_safe` refuses anything else anyway, so a newline, ``;``, space, quote
+or ``#`` can never reach HAProxy through a rendering bug either.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from discovery.settings import Address
+from lb.plan import Applied
+
+_SAFE = re.compile(r"[A-Za-z0-9_.:/\[\]-]+")
+
+HARD_STOP_AFTER = "30s"
+MAXCONN = 4000  # well under half the open-file limit (FACTS: 20000 here)
+
+
+class UnsafeValue(ValueError):
+    """A value that must never reach a config file."""
+
+
+def check_safe(value: object) -> str:
+    text = str(value)
+    if _SAFE.fullmatch(text) is None:
+        raise UnsafeValue(f"refusing to render {text!r:.80}")
+    return text
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    lb_id: str
+    admin_socket: str
+    map_path: str
+    http_bind: Address | None
+    tcp_bind_addr: str | None
+    metrics_bind: Address | None
+
+
+def render_config(template: str, target: Applied, ctx: RenderContext, name: str) -> str:
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - HAProxy config, not HTML; values are checked
+        keep_trailing_newline=True,
+    )
+    http: list[dict[str, Any]] = []
+    tcp: list[dict[str, Any]] = []
+    for backend in sorted(target.backends.values(), key=lambda b: b.name):
+        servers = [
+            {
+                "name": f"s{k + 1}",
+                "addr": check_safe(s.addr),
+                "port": int(s.port),
+                "disabled": s.state != "ready",
+            }
+            for k, s in enumerate(target.slots.get(backend.name, ()))
+        ]
+        entry: dict[str, Any] = {
+            "name": check_safe(backend.name),
+            "servers": servers,
+            "port": int(backend.port),
+        }
+        (http if backend.mode == "http" else tcp).append(entry)
+    return env.from_string(template).render(
+        lb_id=check_safe(ctx.lb_id),
+        template=name,
+        admin_socket=check_safe(ctx.admin_socket),
+        map_path=check_safe(ctx.map_path),
+        hard_stop_after=HARD_STOP_AFTER,
+        maxconn=MAXCONN,
+        http_bind=check_safe(ctx.http_bind) if ctx.http_bind else "",
+        tcp_bind_addr=check_safe(ctx.tcp_bind_addr) if ctx.tcp_bind_addr else "",
+        metrics_bind=check_safe(ctx.metrics_bind) if ctx.metrics_bind else "",
+        http_backends=http if ctx.http_bind else [],
+        tcp_listens=tcp if ctx.tcp_bind_addr else [],
+    )
+
+
+def render_map(target: Applied) -> str:
+    lines = [
+        f"{check_safe(host)} {check_safe(backend)}"
+        for host, backend in sorted(target.hosts.items())
+    ]
+    return "".join(line + "\n" for line in lines)

@@ -1,0 +1,111 @@
+"""lb settings (SPEC §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from discovery import settings as s
+from discovery.settings import Address, CommonSettings, SettingError, setting
+
+
+def default_template_dir() -> str:
+    """the templates installed with haroute"""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "haproxy"):
+        if (candidate / "haproxy.cfg.j2").is_file():
+            return str(candidate)
+    raise ValueError("no installed templates found")
+
+
+def directory(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value.rstrip("/") or "/"
+
+
+def bind_address(raw: str) -> Address:
+    """``host:port`` (``*`` for every address)."""
+    return s.listen_address(raw if ":" in raw else f"*:{raw}")
+
+
+@dataclass(frozen=True)
+class LbSettings(CommonSettings):
+    """Watch /services prefixes and drive a local HAProxy without reloads."""
+
+    listen_path: tuple[str, ...] = setting(
+        "LISTEN_PATH", s.listen_paths, None, "comma list of /services/... prefixes"
+    )
+    haproxy_bin: str = setting("HAPROXY_BIN", s.text, "haproxy", "the haproxy executable")
+    haproxy_dir: str = setting(
+        "HAPROXY_DIR", directory, None, "where config, map, sockets and pid file live"
+    )
+    template_dir: str = setting(
+        "TEMPLATE_DIR", directory, default_template_dir, "Jinja2 templates of the config"
+    )
+    lb_id: str = setting("LB_ID", s.node_id, s.hostname, "this load balancer's ID")
+    http_bind: Address | None = setting(
+        "HTTP_BIND", s.optional(bind_address), "*:80", "HTTP frontend address (empty: none)"
+    )
+    tcp_bind_addr: str | None = setting(
+        "TCP_BIND_ADDR",
+        s.optional(s.ip_address),
+        "127.0.0.1",
+        "address of the TCP (sidecar) listeners (empty: none)",
+    )
+    slots: int = setting("SLOTS", s.positive_int, "8", "initial server slots per backend")
+    reload_min_interval: float = setting(
+        "RELOAD_MIN_INTERVAL", s.duration, "1", "at most one reload per this many seconds"
+    )
+    drain_timeout: float = setting(
+        "DRAIN_TIMEOUT", s.duration, "10", "seconds a removed server drains (0: none)"
+    )
+    advertise_ip: str | None = setting(
+        "ADVERTISE_IP", s.optional(s.ip_address), "", "address this frontend is reached at"
+    )
+    frontend_port: int = setting("FRONTEND_PORT", s.port, "80", "port advertised with it")
+    haproxy_manage: str = setting(
+        "HAPROXY_MANAGE", s.choice("spawn", "external"), "spawn", "spawn or external"
+    )
+    haproxy_reload_cmd: str | None = setting(
+        "HAPROXY_RELOAD_CMD", s.optional(s.text), "", "reload command (external mode)"
+    )
+    haproxy_socket: str | None = setting(
+        "HAPROXY_SOCKET", s.optional(directory), "", "admin socket (external mode)"
+    )
+    haproxy_metrics_addr: Address | None = setting(
+        "HAPROXY_METRICS_ADDR",
+        s.optional(s.listen_address),
+        "",
+        "HAProxy's own Prometheus exporter (empty: off)",
+    )
+    backend_gc_after: float = setting(
+        "BACKEND_GC_AFTER", s.duration, "300", "remove a backend empty this long"
+    )
+    mass_removal_grace: float = setting(
+        "MASS_REMOVAL_GRACE", s.duration, "30", "how long mass-removed servers are kept"
+    )
+    dns_domain: str = setting("DNS_DOMAIN", s.domain, "skydns.local", "domain of Host names")
+    ttl: int = setting("LB_TTL", s.ttl, "15", "lease TTL of /frontends/<LB_ID>")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.haproxy_manage == "external" and (
+            self.haproxy_reload_cmd is None or self.haproxy_socket is None
+        ):
+            raise SettingError(
+                "HAPROXY_MANAGE", "external", "needs HAPROXY_RELOAD_CMD and HAPROXY_SOCKET"
+            )
+
+    @property
+    def cfg_path(self) -> str:
+        return f"{self.haproxy_dir}/haproxy.cfg"
+
+    @property
+    def map_path(self) -> str:
+        return f"{self.haproxy_dir}/hosts.map"
+
+    @property
+    def admin_socket(self) -> str:
+        return self.haproxy_socket or f"{self.haproxy_dir}/admin.sock"

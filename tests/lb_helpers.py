@@ -1,0 +1,279 @@
+"""Helpers for lb integration tests: real HTTP backends and a TCP echo server on
+127.0.0.x, /services records written under a lease, requests through HAProxy, and the
+HAProxy an lb spawned stopped by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import json
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from discovery.etcd import EtcdSession
+from lb.process import parse_show_proc
+from tests.helpers import metric_value, scrape, session
+from tests.servers import Daemon, Etcd, Stack, free_port, pid_gone, wait_for
+
+DOMAIN = "skydns.local"
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # HAProxy's TCP health checks connect and reset: not an error here
+
+
+class Backend:
+    """A small HTTP server that answers with its own name."""
+
+    def __init__(self, name: str, host: str = "127.0.0.2") -> None:
+        self.name = name
+        self.host = host
+        body = name.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = _QuietServer((host, 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class EchoServer:
+    """A TCP echo server (the sidecar mode's "database")."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                while data := self.request.recv(4096):
+                    self.request.sendall(data)
+
+        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def record(
+    path: str, iid: str, ip: str, port: int, type_: str = "HTTP", announce_port: int | None = None
+) -> str:
+    p = path.split("/")
+    return json.dumps(
+        {
+            "ID": iid,
+            "APP": p[2],
+            "ENV": p[3],
+            "SERVICE": p[4],
+            "NAME": p[5] if len(p) > 5 else "",
+            "PORT": announce_port or port,
+            "TYPE": type_,
+            "IP": ip,
+            "EXT_PORT": port,
+            "NODE": "hosta",
+        }
+    )
+
+
+def host_of(path: str) -> str:
+    p = path.split("/")
+    name = p[5] if len(p) > 5 else "default"
+    return f"{name}.{p[4]}.{p[3]}.{p[2]}.{p[1]}.{DOMAIN}"
+
+
+class LbStack:
+    """An etcd, an lb driving its own HAProxy, and the means to poke both."""
+
+    def __init__(self, servers: Stack, etcd: Etcd, tmp: Path, **env: str) -> None:
+        self.servers = servers
+        self.etcd = etcd
+        self.dir = tmp / "haproxy"
+        self.http_port = free_port()
+        self.metrics_port = free_port()
+        self.session: EtcdSession = session(etcd)
+        self.lease = self.session.grant(600)[0]
+        self.backends: list[Backend] = []
+        self.env = {
+            "ETCD_ENDPOINTS": etcd.endpoint,
+            "LISTEN_PATH": "/services/internal/app1",
+            "HAPROXY_DIR": str(self.dir),
+            "HTTP_BIND": f"127.0.0.1:{self.http_port}",
+            "TCP_BIND_ADDR": "127.0.0.1",
+            "SLOTS": "4",
+            "RELOAD_MIN_INTERVAL": "0.2",
+            "DRAIN_TIMEOUT": "1",
+            "METRICS_ADDR": str(self.metrics_port),
+            "LB_ID": "lb1",
+            "LB_TTL": "3",
+            **env,
+        }
+        self.lb: Daemon | None = None
+
+    def start(self) -> Daemon:
+        self.lb = self.servers.daemon("lb", self.env)
+        wait_for(
+            lambda: self.haproxy_pid() is not None and self.metrics() is not None,
+            15,
+            0.05,
+            "lb and HAProxy up",
+        )
+        return self.lb
+
+    # --- etcd side -----------------------------------------------------------------
+
+    def put(
+        self,
+        path: str,
+        iid: str,
+        port: int,
+        ip: str = "127.0.0.2",
+        type_: str = "HTTP",
+        announce_port: int | None = None,
+    ) -> None:
+        self.session.put(
+            f"/services{path}/{iid}",
+            record(path, iid, ip, port, type_, announce_port),
+            lease=self.lease,
+        )
+
+    def delete(self, path: str, iid: str) -> None:
+        self.session.delete(f"/services{path}/{iid}")
+
+    def backend(self, name: str, host: str = "127.0.0.2") -> Backend:
+        b = Backend(name, host)
+        self.backends.append(b)
+        return b
+
+    # --- HAProxy side ----------------------------------------------------------------
+
+    def get(self, host: str, timeout: float = 5) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request("GET", "/", headers={"Host": host})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    def answers(self, host: str) -> set[str]:
+        """Which backends answer for ``host`` over a few requests (round robin)."""
+        seen = set()
+        for _ in range(12):
+            try:
+                status, body = self.get(host)
+            except OSError:  # HAProxy down or restarting
+                continue
+            if status == 200:
+                seen.add(body)
+        return seen
+
+    def haproxy_pid(self) -> int | None:
+        try:
+            pid = int((self.dir / "haproxy.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None if pid_gone(pid) else pid
+
+    def master(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.dir / "master.sock"))
+            sock.sendall(command.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def haproxy_reloads(self) -> int:
+        """The master's own reload counter (`show proc`), not ours."""
+        return parse_show_proc(self.master("show proc")).reloads
+
+    def metrics(self) -> str | None:
+        try:
+            return scrape(self.metrics_port)
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = self.metrics() or ""
+        return metric_value(text, name, **labels)
+
+    def reloads_ok(self) -> float:
+        text = self.metrics() or ""
+        return sum(
+            metric_value(text, "haroute_reloads_total", reason=r, result="ok")
+            for r in (
+                "new_backend",
+                "slots_exhausted",
+                "backend_removed",
+                "runtime_failed",
+                "template_changed",
+                "haproxy_restarted",
+            )
+        )
+
+    def config(self) -> str:
+        return (self.dir / "haproxy.cfg").read_text()
+
+    def close(self) -> None:
+        if self.lb is not None:
+            self.lb.stop()
+        pid = self.haproxy_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: pid_gone(pid), 10, what="HAProxy gone")
+        for b in self.backends:
+            b.close()
+
+
+@contextlib.contextmanager
+def lb_stack(servers: Stack, etcd: Etcd, tmp: Path, **env: str) -> Iterator[LbStack]:
+    s = LbStack(servers, etcd, tmp, **env)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def request_loop(
+    stack: LbStack, host: str, stop: threading.Event, results: list[int], limit: int = 20000
+) -> None:
+    """Requests in a bounded loop until ``stop``; each status (or -1 for an error)."""
+    for _ in range(limit):
+        if stop.is_set():
+            return
+        try:
+            status, _ = stack.get(host, timeout=5)
+        except OSError:
+            status = -1
+        results.append(status)
+        time.sleep(0.002)
