@@ -202,6 +202,18 @@ class LbStack:
         return None if pid_gone(pid) else pid
 
     def master(self, command: str) -> str:
+        """One master CLI command; retried while the master is busy reloading (it
+        refuses connections for a moment then)."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self._master_once(command)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _master_once(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
             sock.connect(str(self.dir / "master.sock"))

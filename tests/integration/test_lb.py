@@ -12,11 +12,16 @@ from pathlib import Path
 
 from tests.helpers import announce_env, register_env
 from tests.lb_helpers import EchoServer, LbStack, host_of, lb_stack, record, request_loop
-from tests.servers import Etcd, Stack, wait_for
+from tests.servers import Etcd, Stack, free_port, wait_for
 
 WEB = "/internal/app1/dev/web/ghost.example"
 SIT = "/internal/app1/sit/web/ghost.example"
 DB = "/internal/app1/dev/db/ghost.example"
+
+
+def counted(lb: LbStack, name: str, at_least: float, **labels: str) -> None:
+    """The lb counts after HAProxy acknowledged: wait for the count, do not race it."""
+    wait_for(lambda: lb.metric(name, **labels) >= at_least, 5, what=f"{name}{labels}")
 
 
 def serves(lb: LbStack, path: str, names: set[str], timeout: float = 10) -> None:
@@ -39,7 +44,7 @@ def test_add_remove_move_without_reload(servers: Stack, etcd: Etcd, tmp_path: Pa
         lb.put(WEB, "w2", b3.port)  # w2 moves to b3's port
         serves(lb, WEB, {"b3"})
         assert lb.haproxy_reloads() == reloads
-        assert lb.metric("haroute_runtime_commands_total", result="ok") >= 4
+        counted(lb, "haroute_runtime_commands_total", 4, result="ok")
         status, _ = lb.get("nothing.example")
         assert status == 503
 
@@ -83,7 +88,7 @@ def test_three_times_slots_all_serve(servers: Stack, etcd: Etcd, tmp_path: Path)
             "all six serve",
         )
         assert "server s8 " in lb.config()
-        assert lb.metric("haroute_reloads_total", reason="slots_exhausted", result="ok") >= 1
+        counted(lb, "haroute_reloads_total", 1, reason="slots_exhausted", result="ok")
 
 
 def test_no_failed_request_during_changes_and_reloads(
@@ -146,7 +151,7 @@ def test_invalid_template_keeps_old_config(servers: Stack, etcd: Etcd, tmp_path:
         )
         assert lb.config() == good
         serves(lb, WEB, {"b"})
-        assert lb.metric("haroute_reloads_total", reason="template_changed", result="failed") >= 1
+        counted(lb, "haroute_reloads_total", 1, reason="template_changed", result="failed")
         assert lb.lb is not None and "config check failed" in lb.lb.log()
 
 
@@ -162,7 +167,7 @@ def test_tcp_sidecar_and_port_held_elsewhere(servers: Stack, etcd: Etcd, tmp_pat
         with lb_stack(servers, etcd, tmp_path) as lb:
             b = lb.backend("b")
             lb.start()
-            free = echo.port + 1 if echo.port < 65000 else echo.port - 1
+            free = free_port()
             lb.put(DB, "db1", echo.port, type_="TCP", announce_port=free)
             wait_for(lambda: _echo(free) == b"ping", 10, 0.1, "echo through the sidecar")
             lb.put("/internal/app1/sit/db", "db2", echo.port, type_="TCP", announce_port=held_port)
@@ -205,7 +210,7 @@ def test_haproxy_killed_is_restored(servers: Stack, etcd: Etcd, tmp_path: Path) 
         )
         os.kill(worker, signal.SIGKILL)
         serves(lb, WEB, {"b1", "b2"}, timeout=10)
-        assert lb.metric("haroute_reloads_total", reason="haproxy_restarted", result="ok") >= 1
+        counted(lb, "haroute_reloads_total", 1, reason="haproxy_restarted", result="ok")
 
 
 def test_lb_sigkill_and_restart_adopts_with_no_reload(
@@ -289,7 +294,7 @@ def test_frozen_etcd_does_not_empty_the_backend(servers: Stack, etcd: Etcd, tmp_
         )
         time.sleep(1.5)
         assert lb.answers(host_of(WEB)) == names
-        assert lb.metric("haroute_mass_removal_held_servers") == 4
+        counted(lb, "haroute_mass_removal_held_servers", 4)
 
 
 def test_hostile_service_records_never_reach_haproxy(
@@ -359,3 +364,31 @@ def test_end_to_end_with_announce_and_register(servers: Stack, etcd: Etcd, tmp_p
         wait_for(lambda: lb.session.get(dns), 10, what="DNS record pointing at the lb")
         value = json.loads(lb.session.get(dns).value)  # type: ignore[union-attr]
         assert (value["host"], value["port"]) == ("127.0.0.1", 8080)
+
+
+def test_failed_runtime_command_reloads_the_full_state(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """HAProxy diverged behind the lb's back (reloaded by hand with one slot): the next
+    runtime command fails, and the lb reloads the complete desired state."""
+    with lb_stack(servers, etcd, tmp_path) as lb:
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        lb.start()
+        lb.put(WEB, "w1", b1.port)
+        serves(lb, WEB, {"b1"})
+        cfg = lb.dir / "haproxy.cfg"
+        trimmed = [
+            line
+            for line in cfg.read_text().splitlines()
+            if not (line.strip().startswith("server s") and "disabled" in line)
+        ]
+        cfg.write_text("\n".join(trimmed) + "\n")
+        before = lb.haproxy_reloads()
+        lb.master("reload")
+        wait_for(lambda: lb.haproxy_reloads() > before, 10, what="manual reload")
+        assert "server s2" not in lb.config()
+        lb.put(WEB, "w2", b2.port)
+        serves(lb, WEB, {"b1", "b2"})
+        counted(lb, "haroute_runtime_commands_total", 1, result="failed")
+        counted(lb, "haroute_reloads_total", 1, reason="runtime_failed", result="ok")
+        assert "server s2" in lb.config()
