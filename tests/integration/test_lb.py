@@ -392,3 +392,54 @@ def test_failed_runtime_command_reloads_the_full_state(
         counted(lb, "haroute_runtime_commands_total", 1, result="failed")
         counted(lb, "haroute_reloads_total", 1, reason="runtime_failed", result="ok")
         assert "server s2" in lb.config()
+
+
+def test_external_haproxy_is_driven_through_its_reload_command(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """HAPROXY_MANAGE=external: HAProxy is started by someone else (here the test, as
+    systemd would); the lb reloads it only through HAPROXY_RELOAD_CMD and changes servers
+    through HAPROXY_SOCKET, and leaves it running when it exits."""
+    import shlex
+    import sys
+
+    from lb.process import SpawnedHAProxy, prepare_directory
+
+    directory = tmp_path / "haproxy"
+    prepare_directory(directory)
+    admin = directory / "admin.sock"
+    (directory / "haproxy.cfg").write_text(
+        f"global\n    master-worker\n    stats socket {admin} mode 600 level admin\n"
+        "    maxconn 200\n"
+    )
+    supervisor = SpawnedHAProxy("haproxy", str(directory))
+    supervisor.start()
+    code = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        "s.sendall(b'reload\\n'); s.shutdown(socket.SHUT_WR); s.recv(100)"
+    )
+    reload_cmd = " ".join(
+        shlex.quote(a) for a in (sys.executable, "-c", code, str(directory / "master.sock"))
+    )
+    try:
+        with lb_stack(
+            servers,
+            etcd,
+            tmp_path,
+            HAPROXY_MANAGE="external",
+            HAPROXY_SOCKET=str(admin),
+            HAPROXY_RELOAD_CMD=reload_cmd,
+        ) as lb:
+            b1, b2 = lb.backend("b1"), lb.backend("b2")
+            d = lb.start()
+            lb.put(WEB, "w1", b1.port)
+            serves(lb, WEB, {"b1"})
+            reloads = lb.haproxy_reloads()
+            lb.put(WEB, "w2", b2.port)
+            serves(lb, WEB, {"b1", "b2"})
+            assert lb.haproxy_reloads() == reloads
+            pid = lb.haproxy_pid()
+            assert d.stop() == 0
+            assert lb.haproxy_pid() == pid  # not ours to stop
+    finally:
+        supervisor.stop(soft=False)
