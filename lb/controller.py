@@ -27,7 +27,7 @@ from discovery.records import FrontendRecord
 from discovery.rejects import RejectLog
 from discovery.watch import PrefixMirror
 from lb import process, state
-from lb.desired import Desired, desired_state, parse_records
+from lb.desired import Desired, from_snapshot
 from lb.guard import MassRemovalGuard
 from lb.metrics import LbMetrics
 from lb.plan import Applied, Plan, Timers, plan
@@ -89,6 +89,7 @@ class Controller:
         self.excluded_ports: set[int] = set()
         self.failed_config: str | None = None
         self.template_digest = ""
+        self._reported: dict[str, str] = {}
         self.frontend: LeaseKeeper | None = None
         if settings.http_bind is not None and settings.advertise_ip is not None:
             self.frontend = LeaseKeeper(
@@ -168,32 +169,32 @@ class Controller:
         items: dict[str, KV] = {}
         for mirror in self.mirrors:
             items.update(mirror.snapshot().items)
-        records, rejected = parse_records(items.values(), self.s.layout, self.s.listen_path)
-        for bad in rejected:
-            self.rejects.reject(bad.key, bad.mod_revision, bad.error)
-        self.rejects.forget_missing(items)
-        desired = desired_state(
-            records,
+        self._retry_excluded_ports()
+        desired, rejected = from_snapshot(
+            items.values(),
+            self.s.layout,
+            self.s.listen_path,
             domain=self.s.dns_domain,
             http=self.s.http_bind is not None,
             tcp=self.s.tcp_bind_addr is not None,
+            excluded_ports=frozenset(self.excluded_ports),
         )
-        self._retry_excluded_ports()
-        if self.excluded_ports:
-            services = {
-                n: svc
-                for n, svc in desired.services.items()
-                if svc.mode != "tcp" or svc.port not in self.excluded_ports
-            }
-            desired = replace(desired, services=services)
+        for bad in rejected:
+            self.rejects.reject(bad.key, bad.mod_revision, bad.error)
+        self.rejects.forget_missing(items)
         for problem in desired.problems:
-            log.warning(
-                "[lb] %s %s: %s",
-                problem.kind,
-                problem.key,
-                problem.detail,
-                extra={"key": problem.key, "reason": problem.kind},
-            )
+            if self._reported.get(problem.key) != problem.detail:
+                self._reported[problem.key] = problem.detail
+                log.warning(
+                    "[lb] %s %s: %s",
+                    problem.kind,
+                    problem.key,
+                    problem.detail,
+                    extra={"key": problem.key, "reason": problem.kind},
+                )
+        kinds = [p.kind for p in desired.problems]
+        for kind in ("port_clash", "port_mismatch"):
+            self.metrics.problems.labels(kind).set(kinds.count(kind))
         return desired
 
     def _sessions(self) -> dict[tuple[str, str], int]:
@@ -326,19 +327,16 @@ class Controller:
             self._cold_start("haproxy_restarted" if Path(self.s.cfg_path).exists() else None)
 
     def _adopt(self) -> bool:
-        layout = state.load_layout(self.s.haproxy_dir)
-        if layout is None:
-            return False
         try:
-            servers = [
-                (st.backend, st.server, st.addr, st.port, st.admin)
-                for st in self.runtime.servers_state()
-            ]
-            hosts = self.runtime.show_map(self.s.map_path) if self.s.http_bind else {}
+            adopted = state.read_applied(
+                self.s.haproxy_dir,
+                self.runtime,
+                self.s.map_path if self.s.http_bind else None,
+                self.clock(),
+            )
         except (RuntimeUnavailable, RuntimeCommandError) as exc:
             log.warning("[lb] cannot read the running HAProxy (%s); not adopting it", exc)
             return False
-        adopted = state.adopted_state(layout, servers, hosts, self.clock())
         if adopted is None:
             log.info("[lb] the running HAProxy does not match its layout file; reloading")
             return False

@@ -158,3 +158,27 @@ def _settle_ports(services: dict[str, Service], problems: list[Problem]) -> dict
                 )
             )
     return {name: s for name, s in services.items() if s.mode == "http" or owners.get(s.port) is s}
+
+
+def from_snapshot(
+    items: Iterable[KV],
+    layout: Layout,
+    listen_paths: Iterable[str],
+    *,
+    domain: str,
+    http: bool,
+    tcp: bool,
+    excluded_ports: frozenset[int] = frozenset(),
+) -> tuple[Desired, list[Rejected]]:
+    """The lb's whole derivation, shared by the daemon and ``haroute plan``: records under
+    the listened prefixes → desired state (TCP services on ``excluded_ports`` left out)."""
+    records, rejected = parse_records(items, layout, listen_paths)
+    desired = desired_state(records, domain=domain, http=http, tcp=tcp)
+    if excluded_ports:
+        services = {
+            n: s
+            for n, s in desired.services.items()
+            if s.mode != "tcp" or s.port not in excluded_ports
+        }
+        desired = Desired(services, desired.problems)
+    return desired, rejected

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from lb.plan import Applied, Backend, Slot
+from lb.runtime import RuntimeClient
 
 LAYOUT_FILE = "haroute-layout.json"
 
@@ -66,3 +67,19 @@ def adopted_state(
         return None
     slots = {name: tuple(s for s in table if s is not None) for name, table in tables.items()}
     return Applied(dict(layout), slots, dict(hosts), {})
+
+
+def read_applied(
+    directory: str, runtime: RuntimeClient, map_path: str | None, now: float | None = None
+) -> Applied | None:
+    """What a running HAProxy runs, as the lb sees it: our layout file, checked against
+    ``show servers state`` and ``show map``. Raises ``RuntimeUnavailable`` /
+    ``RuntimeCommandError`` when the socket cannot tell; ``None`` when they disagree."""
+    layout = load_layout(directory)
+    if layout is None:
+        return None
+    servers = [
+        (st.backend, st.server, st.addr, st.port, st.admin) for st in runtime.servers_state()
+    ]
+    hosts = runtime.show_map(map_path) if map_path else {}
+    return adopted_state(layout, servers, hosts, now)
