@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from prometheus_client import Gauge
+
 from announce.settings import AnnounceSettings
 from discovery.backoff import Backoff
 from discovery.daemon import Stopper
@@ -41,6 +43,9 @@ class Announcer:
         )
         self.key = settings.layout.announce_key(settings.path, self.record.id)
         self.value = self.record.to_json()
+        self.announced = Gauge(
+            "haroute_announced", "1 while this announce holds its record", registry=metrics.registry
+        )
         self.lease = LeaseKeeper(
             session,
             settings.ttl,
@@ -100,6 +105,7 @@ class Announcer:
         while not self.stop.is_set():
             try:
                 delay = self.lease.tick()
+                self.announced.set(1 if self.lease.lease_id is not None else 0)
                 if backoff.failing:
                     log.info("[announce] etcd reachable again")
                 backoff.reset()
@@ -114,11 +120,13 @@ class Announcer:
                 self.metrics.etcd_connected.set(0)
                 self.metrics.etcd_errors.inc()
                 delay = backoff.next()
+                self.announced.set(1 if self.lease.lease_id is not None else 0)
             except Exception:
                 log.exception("[announce] unexpected error, please report it as a bug")
                 delay = backoff.next()
             self.stop.wait(delay)
         self._revoke()
+        self.announced.set(0)
         return 0
 
     def _revoke(self) -> None:

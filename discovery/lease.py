@@ -39,6 +39,7 @@ class LeaseKeeper:
         self.clock = clock
         self.name = name
         self.lease_id: int | None = None
+        self._lost = False
         self._written = False
         self._next_refresh = 0.0
 
@@ -60,6 +61,9 @@ class LeaseKeeper:
             self._written = False
             if self.metrics:
                 self.metrics.leases_granted.inc()
+                if self._lost:
+                    self.metrics.leases_regranted.inc()
+            self._lost = False
             log.info("[lease] %s granted lease %x (TTL %d s)", self.name, self.lease_id, granted)
         if not self._written:
             self.write(self.lease_id)
@@ -74,6 +78,7 @@ class LeaseKeeper:
                 if self.metrics:
                     self.metrics.leases_lost.inc()
                 self.lease_id = None
+                self._lost = True
                 return 0.0
             self._next_refresh = now + self.interval
         return max(0.0, self._next_refresh - now)

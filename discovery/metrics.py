@@ -36,6 +36,17 @@ class Metrics:
         self.leases_granted = Counter(
             "haroute_leases_granted_total", "leases granted (first or after a loss)", registry=r
         )
+        self.leases_regranted = Counter(
+            "haroute_leases_regranted_total",
+            "leases granted again after one was lost",
+            registry=r,
+        )
+        self.records = Gauge(
+            "haroute_records",
+            "records in the last snapshot, by state (valid|invalid)",
+            ["state"],
+            registry=r,
+        )
         self.leases_lost = Counter(
             "haroute_leases_lost_total", "leases found expired when refreshed", registry=r
         )

@@ -182,6 +182,8 @@ class Controller:
         for bad in rejected:
             self.rejects.reject(bad.key, bad.mod_revision, bad.error)
         self.rejects.forget_missing(items)
+        self.metrics.records.labels("valid").set(len(items) - len(rejected))
+        self.metrics.records.labels("invalid").set(len(rejected))
         for problem in desired.problems:
             if self._reported.get(problem.key) != problem.detail:
                 self._reported[problem.key] = problem.detail

@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 
+from prometheus_client import Gauge
+
 from discovery.backoff import Backoff
 from discovery.daemon import Stopper
 from discovery.etcd import EtcdSession, EtcdUnavailable
@@ -67,6 +69,18 @@ class Register:
         self.actual: dict[str, KV] | None = None
         self.foreign: dict[str, float] = {}
         self.adopted = False
+        self.instances = Gauge(
+            "haroute_register_instances",
+            "instances registered by this register, per service path",
+            ["service"],
+            registry=metrics.registry,
+        )
+        self.keys_held = Gauge(
+            "haroute_register_keys",
+            "keys held under this register's lease",
+            registry=metrics.registry,
+        )
+        self._reported_services: set[str] = set()
 
     def _on_new_lease(self, lease_id: int) -> None:
         # Keys under a lost lease are gone: find out what is left and write everything.
@@ -100,6 +114,8 @@ class Register:
         frontends, rejected_frontends = t.parse_frontends(
             self.frontends.snapshot().items.values(), self.layout
         )
+        self.metrics.records.labels("valid").set(len(announces))
+        self.metrics.records.labels("invalid").set(len(rejected))
         for bad in (*rejected, *rejected_frontends):
             self.rejects.reject(bad.key, bad.mod_revision, bad.error)
         self.rejects.forget_missing(
@@ -120,6 +136,22 @@ class Register:
             if op.key in self.foreign:
                 continue
             self._apply(op, actual, lease_id)
+        self._report(actual)
+
+    def _report(self, actual: dict[str, KV]) -> None:
+        """Registered instances per service path (a bounded label: never per instance)."""
+        counts: dict[str, int] = {}
+        prefix = self.layout.services
+        for key in actual:
+            if key.startswith(prefix + "/"):
+                service = key[len(prefix) :].rpartition("/")[0]
+                counts[service] = counts.get(service, 0) + 1
+        for gone in self._reported_services - counts.keys():
+            self.instances.remove(gone)
+        for service, count in counts.items():
+            self.instances.labels(service).set(count)
+        self._reported_services = set(counts)
+        self.keys_held.set(len(actual))
 
     def _apply(self, op: t.Op, actual: dict[str, KV], lease_id: int) -> None:
         if isinstance(op, t.Put):

@@ -156,16 +156,29 @@ def test_waits_for_unreachable_etcd_then_announces(servers: Stack, tmp_path) -> 
 
 def test_lease_lost_is_regranted_and_record_rewritten(servers: Stack, etcd: Etcd) -> None:
     """If its lease disappears (revoked behind its back), announce grants a new one and
-    writes its record again."""
+    writes its record again; the loss and the new grant are counted."""
+    from tests.helpers import metric_value, scrape
+
     s = session(etcd)
-    servers.daemon("announce", announce_env(etcd, PATH, 8080))
+    port = free_port()
+    servers.daemon("announce", announce_env(etcd, PATH, 8080, METRICS_ADDR=str(port)))
     kv = wait_for(lambda: s.get(KEY), 5, what="record")
+    wait_for(lambda: _try_scrape(port), 5, what="metrics")
+    wait_for(lambda: metric_value(scrape(port), "haroute_announced") == 1, 5, what="announced")
     s.revoke(kv.lease)
     wait_for(
         lambda: (new := s.get(KEY)) is not None and new.lease != kv.lease,
         5,
         what="record under a new lease",
     )
+    wait_for(
+        lambda: metric_value(scrape(port), "haroute_leases_regranted_total") == 1,
+        5,
+        what="regrant counted",
+    )
+    text = scrape(port)
+    assert metric_value(text, "haroute_leases_lost_total") == 1
+    assert metric_value(text, "haroute_leases_granted_total") == 2
 
 
 def test_metrics_endpoint(servers: Stack, etcd: Etcd) -> None:

@@ -250,3 +250,32 @@ def test_unnamed_environment_uses_default_label(servers: Stack, etcd: Etcd) -> N
         5,
         what="default label",
     )
+
+
+def test_metrics_per_service_and_records(servers: Stack, etcd: Etcd) -> None:
+    """register exports instances per service path (a bounded label), the keys it holds
+    and records by state; a service whose instances all went leaves no stale series."""
+    from tests.helpers import metric_value, scrape
+    from tests.servers import free_port
+
+    s = session(etcd)
+    port = free_port()
+    servers.daemon("register", register_env(etcd, FRONTEND_IP="127.0.0.9", METRICS_ADDR=str(port)))
+    web = [servers.daemon("announce", announce_env(etcd, WEB, 8080 + i)) for i in range(2)]
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
+    s.put("/announce/internal/app1/dev/web/ghost.example/bad", b"{not json")
+
+    def value(name: str, **labels: str) -> float:
+        try:
+            return metric_value(scrape(port), name, **labels)
+        except OSError:
+            return -1
+
+    wait_for(lambda: value("haroute_register_instances", service=WEB) == 2, 10, what="2 web")
+    assert value("haroute_register_instances", service=DB) == 1
+    assert value("haroute_register_keys") == 6  # 3 services + 3 DNS records
+    assert value("haroute_records", state="valid") == 3
+    assert value("haroute_records", state="invalid") == 1
+    for d in web:
+        d.send(signal.SIGTERM)
+    wait_for(lambda: f'service="{WEB}"' not in scrape(port), 10, what="web series removed")
