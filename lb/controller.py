@@ -35,6 +35,7 @@ from lb.reload import ReloadGate
 from lb.render import RenderContext, render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 from lb.settings import LbSettings
+from lb.templates_watch import TemplateWatch
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Controller:
         self.excluded_ports: set[int] = set()
         self.failed_config: str | None = None
         self.template_digest = ""
+        self.templates = TemplateWatch(settings.template_dir, self.wake)
         self._reported: dict[str, str] = {}
         self.frontend: LeaseKeeper | None = None
         if settings.http_bind is not None and settings.advertise_ip is not None:
@@ -112,6 +114,8 @@ class Controller:
         ]
         for thread in threads:
             thread.start()
+        self.template_digest = self._digest()
+        self.templates.start()
         self._start()
         while not self.stop.is_set():
             try:
@@ -121,6 +125,7 @@ class Controller:
                 timeout = 1.0
             self.wake.wait(timeout)
             self.wake.clear()
+        self.templates.stop()
         self._shutdown()
         for thread in threads:
             thread.join(2)
@@ -217,7 +222,7 @@ class Controller:
             log.error(
                 "[runtime] %s; reloading the full desired state",
                 exc,
-                extra={"reason": "runtime_failed"},
+                extra={"reason": "runtime_failed", **_subject(getattr(exc, "command", ""))},
             )
             self.force_reload = "runtime_failed"
             self.wake.set()
@@ -282,22 +287,42 @@ class Controller:
             self.wake.set()
             return False
         self.failed_config = None
+        changed = sorted(
+            name
+            for name in set(target.backends) | set(self.applied.backends)
+            if target.backends.get(name) != self.applied.backends.get(name)
+        )
         self.applied = target
         state.save_layout(self.s.haproxy_dir, target)
         self.metrics.reloads.labels(reason, "ok").inc()
         self.metrics.last_reload.set(time.time())
-        log.info("[reload] reloaded (%s)", ", ".join(reasons), extra={"reason": reason})
+        log.info(
+            "[reload] reloaded (%s): %s",
+            ", ".join(reasons),
+            " ".join(changed) or "-",
+            extra={"reason": reason, "backends": changed},
+        )
         return True
 
     def _template(self) -> str:
         return (Path(self.s.template_dir) / TEMPLATE).read_text()
 
+    def _digest(self) -> str:
+        try:
+            return hashlib.sha256(self._template().encode()).hexdigest()
+        except OSError:
+            return ""
+
     def _check_template(self) -> None:
-        digest = hashlib.sha256(self._template().encode()).hexdigest()
-        if self.template_digest and digest != self.template_digest:
-            log.info("[reload] template %s changed", TEMPLATE)
+        """A template edited on disk (watchdog woke us) is re-rendered, checked and
+        reloaded; one that fails the check is refused and the running config stays."""
+        if not self.templates.take():
+            return
+        digest = self._digest()
+        if digest and digest != self.template_digest:
+            log.info("[reload] template %s changed", TEMPLATE, extra={"reason": "template_changed"})
             self.force_reload = self.force_reload or "template_changed"
-        self.template_digest = digest
+            self.template_digest = digest
 
     # --- TCP ports another process holds (haproxy -c passes, the reload fails) --------
 
@@ -417,6 +442,17 @@ class Controller:
             self.metrics.slots.labels(name, "used").set(used)
             self.metrics.slots.labels(name, "free").set(len(table) - used)
         self.metrics.drains.set(drains)
+
+
+def _subject(command: str) -> dict[str, str]:
+    """The backend and server a runtime command is about, for structured logs."""
+    words = command.split()
+    if words[:2] == ["set", "server"] and len(words) > 2:
+        backend, _, server = words[2].partition("/")
+        return {"backend": backend, "server": server, "command": command}
+    if len(words) > 3 and words[1] == "map":
+        return {"backend": words[-1], "command": command}
+    return {"command": command} if command else {}
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -130,9 +130,10 @@ def test_no_failed_request_during_changes_and_reloads(
         assert [r for r in results if r != 200] == []
 
 
-def test_invalid_template_keeps_old_config(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
-    """An edited template that fails `haproxy -c` is never installed: the old config
-    keeps serving and the failure is counted."""
+def test_template_hot_reload(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
+    """An edited template is re-rendered, checked and reloaded (reason template_changed);
+    an edit that fails `haproxy -c` is never installed: the old config keeps serving and
+    the failure is counted."""
     templates = tmp_path / "templates"
     templates.mkdir()
     source = Path(__file__).resolve().parents[2] / "haproxy" / "haproxy.cfg.j2"
@@ -142,8 +143,13 @@ def test_invalid_template_keeps_old_config(servers: Stack, etcd: Etcd, tmp_path:
         lb.start()
         lb.put(WEB, "w1", b.port)
         serves(lb, WEB, {"b"})
+        edited = source.read_text().replace("timeout client 60s", "timeout client 61s")
+        (templates / "haproxy.cfg.j2").write_text(edited)
+        counted(lb, "haroute_reloads_total", 1, reason="template_changed", result="ok")
+        assert "timeout client 61s" in lb.config()
+        serves(lb, WEB, {"b"})
         good = lb.config()
-        (templates / "haproxy.cfg.j2").write_text(source.read_text() + "\nthis is not haproxy\n")
+        (templates / "haproxy.cfg.j2").write_text(edited + "\nthis is not haproxy\n")
         wait_for(
             lambda: lb.metric("haroute_config_check_failures_total") >= 1,
             10,
@@ -370,8 +376,10 @@ def test_failed_runtime_command_reloads_the_full_state(
     servers: Stack, etcd: Etcd, tmp_path: Path
 ) -> None:
     """HAProxy diverged behind the lb's back (reloaded by hand with one slot): the next
-    runtime command fails, and the lb reloads the complete desired state."""
-    with lb_stack(servers, etcd, tmp_path) as lb:
+    runtime command fails, and the lb reloads the complete desired state. With
+    LOG_FORMAT=json every log line is one JSON object, and the failure and the reload name
+    their backend, server and reason."""
+    with lb_stack(servers, etcd, tmp_path, LOG_FORMAT="json") as lb:
         b1, b2 = lb.backend("b1"), lb.backend("b2")
         lb.start()
         lb.put(WEB, "w1", b1.port)
@@ -392,6 +400,20 @@ def test_failed_runtime_command_reloads_the_full_state(
         counted(lb, "haroute_runtime_commands_total", 1, result="failed")
         counted(lb, "haroute_reloads_total", 1, reason="runtime_failed", result="ok")
         assert "server s2" in lb.config()
+        assert lb.lb is not None
+        lines = [json.loads(line) for line in lb.lb.log().splitlines() if line.strip()]
+        backend = "be_internal_app1_dev_web_ghost_example"
+        failure = next(
+            e for e in lines if e["message"].startswith("[runtime]") and e["level"] == "ERROR"
+        )
+        assert (failure["backend"], failure["server"]) == (backend, "s2")
+        reloads = [
+            e
+            for e in lines
+            if e["logger"] == "lb.controller" and e["message"].startswith("[reload] reloaded")
+        ]
+        assert reloads[0]["reason"] == "new_backend" and reloads[0]["backends"] == [backend]
+        assert reloads[-1]["reason"] == "runtime_failed"
 
 
 def test_external_haproxy_is_driven_through_its_reload_command(
