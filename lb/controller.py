@@ -30,7 +30,7 @@ from lb import process, state
 from lb.desired import Desired, from_snapshot
 from lb.guard import MassRemovalGuard
 from lb.metrics import LbMetrics
-from lb.plan import Applied, Plan, Timers, plan
+from lb.plan import Applied, Timers, plan
 from lb.reload import ReloadGate
 from lb.render import RenderContext, render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
@@ -154,14 +154,26 @@ class Controller:
         if reason is not None:
             self.gate.request(reason)
             wait = self.gate.wait(now)
-            if wait > 0:
-                return min(wait, IDLE_CYCLE)
-            reasons = self.gate.take(now)
-            if self._reload(p.target, reasons[0], reasons):
-                self.force_reload = None
-                self._converged()
-        elif p.commands:
-            self._apply(p)
+            if wait <= 0:
+                reasons = self.gate.take(now)
+                if self._reload(p.target, reasons[0], reasons):
+                    self.force_reload = None
+                    self._converged()
+                    self._report()
+                    return IDLE_CYCLE
+                if self.force_reload == "template_changed":
+                    # The edited template is refused; the running config stays, and so
+                    # does the lb's: the next edit is looked at again.
+                    self.force_reload = None
+            # The reload waits or failed: changes of the running backends go on (unless
+            # HAProxy diverged from what we believe it runs: then only a reload helps).
+            diverged = self.force_reload == "runtime_failed"
+            if p.interim and p.interim_target is not None and not diverged:
+                self._apply(p.interim, p.interim_target)
+            self._report()
+            return min(max(wait, 0.05), IDLE_CYCLE)
+        if p.commands:
+            self._apply(p.commands, p.target)
         else:
             self.applied = p.target
             self._converged()
@@ -214,9 +226,9 @@ class Controller:
 
     # --- applying ------------------------------------------------------------------------
 
-    def _apply(self, p: Plan) -> None:
+    def _apply(self, commands: tuple[str, ...], target: Applied) -> None:
         try:
-            self.runtime.execute(list(p.commands))
+            self.runtime.execute(list(commands))
         except (RuntimeCommandError, ValueError) as exc:
             self.metrics.runtime_commands.labels("failed").inc()
             log.error(
@@ -232,10 +244,10 @@ class Controller:
             log.warning("[runtime] admin socket unavailable (%s); reloading", exc)
             self.force_reload = "runtime_failed"
             return
-        self.metrics.runtime_commands.labels("ok").inc(len(p.commands))
-        for command in p.commands:
-            log.info("[runtime] %s", command)
-        self.applied = p.target
+        self.metrics.runtime_commands.labels("ok").inc(len(commands))
+        for command in commands:
+            log.info("[runtime] %s", command, extra=_subject(command))
+        self.applied = target
         self._converged()
 
     def _converged(self) -> None:

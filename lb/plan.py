@@ -59,11 +59,18 @@ class Applied:
 @dataclass(frozen=True)
 class Plan:
     """What to do: ``commands`` on the runtime socket when ``reload`` is ``None``;
-    otherwise a reload installing ``target`` (which then needs no commands)."""
+    otherwise a reload installing ``target`` (which then needs no commands).
+
+    ``interim`` are the commands that are valid on the *running* layout, and
+    ``interim_target`` the state they lead to: what the lb applies while a reload has to
+    wait (``RELOAD_MIN_INTERVAL``) or cannot happen (a template that fails its check), so
+    server changes of the existing backends never wait for a layout change."""
 
     target: Applied
     commands: tuple[str, ...] = ()
     reload: str | None = None
+    interim: tuple[str, ...] = ()
+    interim_target: Applied | None = None
 
     @property
     def empty(self) -> bool:
@@ -92,6 +99,8 @@ def plan(
     slots: dict[str, tuple[Slot, ...]] = {}
     empty_since: dict[str, float] = {}
     commands: list[str] = []
+    interim: list[str] = []
+    interim_slots: dict[str, tuple[Slot, ...]] = {}
 
     for name in sorted(set(desired.services) | set(applied.backends)):
         service = desired.services.get(name)
@@ -101,6 +110,9 @@ def plan(
         table, cmds = _assign(
             name, current, instances, now=now, drain_timeout=timers.drain_timeout, sessions=sessions
         )
+        if old is not None:
+            interim += cmds
+            interim_slots[name] = table
         if service is None:
             assert old is not None
             since = applied.empty_since.get(name, now)
@@ -141,9 +153,20 @@ def plan(
         rendered = {
             n: tuple(_free() if s.state == "drain" else s for s in t) for n, t in slots.items()
         }
-        return Plan(replace(target, slots=rendered), reload=_first(reasons))
+        running = Applied(
+            applied.backends,
+            {**applied.slots, **interim_slots},
+            applied.hosts,
+            {**applied.empty_since, **empty_since},
+        )
+        return Plan(
+            replace(target, slots=rendered),
+            reload=_first(reasons),
+            interim=tuple(interim),
+            interim_target=running,
+        )
     commands += _map_commands(applied.hosts, hosts, map_path)
-    return Plan(target, tuple(commands))
+    return Plan(target, tuple(commands), interim=tuple(commands), interim_target=target)
 
 
 _REASON_ORDER = ("new_backend", "slots_exhausted", "backend_removed")

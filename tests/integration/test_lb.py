@@ -159,6 +159,11 @@ def test_template_hot_reload(servers: Stack, etcd: Etcd, tmp_path: Path) -> None
         serves(lb, WEB, {"b"})
         counted(lb, "haroute_reloads_total", 1, reason="template_changed", result="failed")
         assert lb.lb is not None and "config check failed" in lb.lb.log()
+        # A refused template does not freeze server changes of the running backends.
+        b2 = lb.backend("b2")
+        lb.put(WEB, "w2", b2.port)
+        serves(lb, WEB, {"b", "b2"})
+        assert lb.config() == good
 
 
 def test_tcp_sidecar_and_port_held_elsewhere(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ GOLDEN = ROOT / "tests" / "golden"
 MAP = "/run/haroute/hosts.map"
 TIMERS = Timers(initial_slots=2, drain_timeout=10, gc_after=300)
 WEB = "/internal/app1/dev/web/ghost.example"
+SIT = "/internal/app1/sit/web/ghost.example"
 DB = "/internal/app1/dev/db/ghost.example"
 
 
@@ -211,6 +212,46 @@ def test_out_of_slots_doubles_with_a_reload() -> None:
     target, _cmds, reason = apply(desired(*(kv(WEB, f"w{i}", 8080 + i) for i in range(5))), applied)
     assert reason == "slots_exhausted" and target.backends[name].slots == 8
     assert sum(1 for s in target.slots[name] if s.state == "ready") == 5
+
+
+def test_interim_commands_while_a_reload_waits() -> None:
+    """With a new environment pending, the plan still carries the commands for the running
+    backends (and none for the new one), and the state they lead to."""
+    name = "be_internal_app1_dev_web_ghost_example"
+    applied, _, _ = apply(desired(kv(WEB, "w1", 8080)), Applied())
+    p = plan(
+        desired(kv(WEB, "w1", 8080), kv(WEB, "w2", 8081), kv(SIT, "s1", 80)),
+        applied,
+        now=0,
+        timers=TIMERS,
+        map_path=MAP,
+    )
+    assert p.reload == "new_backend"
+    assert list(p.interim) == [
+        f"set server {name}/s2 addr 127.0.0.2 port 8081",
+        f"set server {name}/s2 state ready",
+    ]
+    assert p.interim_target is not None
+    assert set(p.interim_target.backends) == {name}
+    assert p.interim_target.slots[name][1].instance == "w2"
+
+
+def test_interim_places_what_fits_when_slots_run_out() -> None:
+    """A backend out of slots fills what it has before the reload that doubles them."""
+    name = "be_internal_app1_dev_web_ghost_example"
+    applied, _, _ = apply(desired(kv(WEB, "w1", 8080)), Applied())
+    p = plan(
+        desired(*(kv(WEB, f"w{i + 1}", 8080 + i) for i in range(4))),
+        applied,
+        now=0,
+        timers=TIMERS,
+        map_path=MAP,
+    )
+    assert p.reload == "slots_exhausted"
+    assert list(p.interim) == [
+        f"set server {name}/s2 addr 127.0.0.2 port 8081",
+        f"set server {name}/s2 state ready",
+    ]
 
 
 def test_empty_backend_is_kept_until_gc() -> None:
