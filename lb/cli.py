@@ -26,11 +26,11 @@ from discovery.kv import KV
 from discovery.settings import Endpoint, load
 from lb.controller import TEMPLATE
 from lb.desired import Desired, Instance, Rejected, from_snapshot
-from lb.plan import Applied, Backend, Plan, Timers, plan
-from lb.render import RenderContext, render_config, render_map
+from lb.plan import Applied, Backend, Plan, plan
+from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable, ServerState
 from lb.settings import LbSettings
-from lb.state import LAYOUT_FILE, adopted_state, load_layout, read_applied
+from lb.state import LAYOUT_FILE, adopted_state, draining_sessions, load_layout, read_applied
 
 PROG = "haroute"
 EXIT_FAILED = 1
@@ -61,7 +61,8 @@ still prints the etcd side, says so on stderr, and exits 1."""
 PLAN_HELP = (
     """\
 The runtime commands the lb would send now, one a line, or "reload: <reason>" and the
-backends that change, or "Nothing to do". Lines starting with # are notes.
+backends that change (with, as notes, the commands it sends on the running layout
+while the reload has to wait), or "Nothing to do". Lines starting with # are notes.
 
 """
     + CAVEATS
@@ -201,11 +202,6 @@ def _socket_failure(settings: LbSettings, exc: Exception) -> Failure:
     return Failure(f"HAProxy socket {settings.admin_socket}: {exc}")
 
 
-def _map_path(settings: LbSettings) -> str | None:
-    """The map the running HAProxy has: only with an HTTP frontend (as lb.controller)."""
-    return settings.map_path if settings.http_bind else None
-
-
 @dataclass(frozen=True)
 class DryRun:
     """What the lb would do now, from a fresh etcd read and the running HAProxy."""
@@ -224,31 +220,19 @@ def dry_run(settings: LbSettings) -> DryRun:
         # read_applied does not touch the socket when there is no layout file: ask first,
         # so that an unreachable HAProxy is reported as such.
         runtime.info()
-        adopted = read_applied(settings.haproxy_dir, runtime, _map_path(settings), now)
+        adopted = read_applied(settings.haproxy_dir, runtime, settings.adopt_map_path, now)
         applied = adopted or Applied()
         p = plan(
             view.desired,
             applied,
             now=now,
-            timers=Timers(settings.slots, settings.drain_timeout, settings.backend_gc_after),
+            timers=settings.timers,
             map_path=settings.map_path,
-            sessions=_sessions(runtime, applied),
+            sessions=draining_sessions(applied, runtime),
         )
     except (RuntimeUnavailable, RuntimeCommandError) as exc:
         raise _socket_failure(settings, exc) from exc
     return DryRun(view, applied, adopted is not None, p)
-
-
-def _sessions(runtime: RuntimeClient, applied: Applied) -> dict[tuple[str, str], int]:
-    """Session counts exactly when the daemon reads them (``Controller._sessions``): only
-    while a slot drains. Always reading them would let a server just set to drain go to
-    maint in the same plan when idle, which the lb does one cycle later."""
-    if not _draining(applied):
-        return {}
-    try:
-        return runtime.server_sessions()
-    except (RuntimeUnavailable, RuntimeCommandError):
-        return {}
 
 
 def _draining(applied: Applied) -> list[str]:
@@ -270,12 +254,19 @@ def plan_lines(run: DryRun, settings: LbSettings) -> list[str]:
     if not run.adopted:
         lines.append(
             f"# the running HAProxy does not match its layout file "
-            f"({settings.haproxy_dir}/{LAYOUT_FILE}): an lb starting now would not adopt "
-            f"it and would install the full desired state"
+            f"{settings.haproxy_dir}/{LAYOUT_FILE} (missing, or other backends or slots): "
+            f"an lb starting now would not adopt it and would install the full desired state"
         )
     if p.reload is not None:
         lines.append(f"reload: {p.reload}")
         lines += [f"  {change}" for change in backend_changes(run.applied, p.target)]
+        if p.interim:
+            lines.append(
+                f"# while the reload waits (RELOAD_MIN_INTERVAL="
+                f"{settings.reload_min_interval:g}s after the last one) or if its config "
+                f"fails the check, the lb sends on the running layout:"
+            )
+            lines += [f"#   {command}" for command in p.interim]
     elif p.commands:
         lines += p.commands
     else:
@@ -329,18 +320,6 @@ def cmd_plan(settings: LbSettings, args: argparse.Namespace) -> int:
 # --- render ---------------------------------------------------------------------------
 
 
-def render_context(settings: LbSettings) -> RenderContext:
-    """The lb's render context (as ``Controller.__init__`` builds it)."""
-    return RenderContext(
-        settings.lb_id,
-        settings.admin_socket,
-        settings.map_path,
-        settings.http_bind,
-        settings.tcp_bind_addr,
-        settings.haproxy_metrics_addr,
-    )
-
-
 def cmd_render(settings: LbSettings, args: argparse.Namespace) -> int:
     run = dry_run(settings)
     if not run.adopted:
@@ -357,7 +336,7 @@ def cmd_render(settings: LbSettings, args: argparse.Namespace) -> int:
         template = path.read_text()
     except OSError as exc:
         raise Failure(f"cannot read the template {path}: {exc.strerror}") from exc
-    sys.stdout.write(render_config(template, run.plan.target, render_context(settings), TEMPLATE))
+    sys.stdout.write(render_config(template, run.plan.target, settings.render_context(), TEMPLATE))
     return 0
 
 
@@ -376,7 +355,7 @@ class Live:
 
 def read_live(settings: LbSettings) -> Live:
     runtime = RuntimeClient(settings.admin_socket)
-    map_path = _map_path(settings)
+    map_path = settings.adopt_map_path
     try:
         info = runtime.info()
         servers = runtime.servers_state()

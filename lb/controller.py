@@ -30,9 +30,9 @@ from lb import process, state
 from lb.desired import Desired, from_snapshot
 from lb.guard import MassRemovalGuard
 from lb.metrics import LbMetrics
-from lb.plan import Applied, Timers, plan
+from lb.plan import Applied, plan
 from lb.reload import ReloadGate
-from lb.render import RenderContext, render_config, render_map
+from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 from lb.settings import LbSettings
 from lb.templates_watch import TemplateWatch
@@ -74,16 +74,9 @@ class Controller:
         ]
         self.gate = ReloadGate(settings.reload_min_interval)
         self.guard = MassRemovalGuard(window=float(settings.ttl), grace=settings.mass_removal_grace)
-        self.timers = Timers(settings.slots, settings.drain_timeout, settings.backend_gc_after)
+        self.timers = settings.timers
         self.rejects = RejectLog(metrics)
-        self.ctx = RenderContext(
-            settings.lb_id,
-            settings.admin_socket,
-            settings.map_path,
-            settings.http_bind,
-            settings.tcp_bind_addr,
-            settings.haproxy_metrics_addr,
-        )
+        self.ctx = settings.render_context()
         self.applied = Applied()
         self.changed_at: float | None = None
         self.force_reload: str | None = None
@@ -148,7 +141,7 @@ class Controller:
             now=now,
             timers=self.timers,
             map_path=self.s.map_path,
-            sessions=self._sessions(),
+            sessions=state.draining_sessions(self.applied, self.runtime),
         )
         reason = p.reload or self.force_reload
         if reason is not None:
@@ -215,14 +208,6 @@ class Controller:
         for kind in ("port_clash", "port_mismatch"):
             self.metrics.problems.labels(kind).set(kinds.count(kind))
         return desired
-
-    def _sessions(self) -> dict[tuple[str, str], int]:
-        if not any(s.state == "drain" for t in self.applied.slots.values() for s in t):
-            return {}
-        try:
-            return self.runtime.server_sessions()
-        except (RuntimeUnavailable, RuntimeCommandError):
-            return {}
 
     # --- applying ------------------------------------------------------------------------
 
@@ -370,7 +355,7 @@ class Controller:
             adopted = state.read_applied(
                 self.s.haproxy_dir,
                 self.runtime,
-                self.s.map_path if self.s.http_bind else None,
+                self.s.adopt_map_path,
                 self.clock(),
             )
         except (RuntimeUnavailable, RuntimeCommandError) as exc:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from discovery import settings as s
 from discovery.settings import Address, CommonSettings, SettingError, setting
+from lb.plan import Timers
+from lb.render import RenderContext
 
 
 def default_template_dir() -> str:
@@ -109,3 +111,22 @@ class LbSettings(CommonSettings):
     @property
     def admin_socket(self) -> str:
         return self.haproxy_socket or f"{self.haproxy_dir}/admin.sock"
+
+    @property
+    def adopt_map_path(self) -> str | None:
+        """The map a running HAProxy has: only with an HTTP frontend."""
+        return self.map_path if self.http_bind else None
+
+    @property
+    def timers(self) -> Timers:
+        return Timers(self.slots, self.drain_timeout, self.backend_gc_after)
+
+    def render_context(self) -> RenderContext:
+        return RenderContext(
+            self.lb_id,
+            self.admin_socket,
+            self.map_path,
+            self.http_bind,
+            self.tcp_bind_addr,
+            self.haproxy_metrics_addr,
+        )

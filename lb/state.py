@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from lb.plan import Applied, Backend, Slot
-from lb.runtime import RuntimeClient
+from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 
 LAYOUT_FILE = "haroute-layout.json"
 
@@ -83,3 +83,15 @@ def read_applied(
     ]
     hosts = runtime.show_map(map_path) if map_path else {}
     return adopted_state(layout, servers, hosts, now)
+
+
+def draining_sessions(applied: Applied, runtime: RuntimeClient) -> dict[tuple[str, str], int]:
+    """Session counts, read only while a slot drains (the lb and ``haroute plan`` alike):
+    read always, a server just set to drain would go to maint in the same plan when idle,
+    where the lb does it one cycle later."""
+    if not any(s.state == "drain" for table in applied.slots.values() for s in table):
+        return {}
+    try:
+        return runtime.server_sessions()
+    except (RuntimeUnavailable, RuntimeCommandError):
+        return {}
