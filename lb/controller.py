@@ -85,6 +85,7 @@ class Controller:
         self.template_digest = ""
         self.templates = TemplateWatch(settings.template_dir, self.wake)
         self._reported: dict[str, str] = {}
+        self._derived: tuple[object, Desired] | None = None
         self.frontend: LeaseKeeper | None = None
         if settings.http_bind is not None and settings.advertise_ip is not None:
             self.frontend = LeaseKeeper(
@@ -135,6 +136,15 @@ class Controller:
             return IDLE_CYCLE
         desired = self.guard.filter(self._desired(), now)
         self.metrics.held.set(self.guard.held_count)
+        if self.guard.newly_held:
+            log.warning(
+                "[guard] %d servers vanished at once (an etcd freeze?); keeping them for "
+                "up to %.0f s: %s",
+                len(self.guard.newly_held),
+                self.s.mass_removal_grace,
+                " ".join(f"{b}/{i}" for b, i in self.guard.newly_held),
+                extra={"reason": "mass_removal"},
+            )
         p = plan(
             desired,
             self.applied,
@@ -176,10 +186,16 @@ class Controller:
     # --- desired state ---------------------------------------------------------------
 
     def _desired(self) -> Desired:
-        items: dict[str, KV] = {}
-        for mirror in self.mirrors:
-            items.update(mirror.snapshot().items)
+        """Desired state from the mirrors' snapshots; derived again only when a snapshot
+        moved on (the idle cycle would otherwise parse every record twice a second)."""
+        snapshots = [m.snapshot() for m in self.mirrors]
         self._retry_excluded_ports()
+        key = (tuple(snap.revision for snap in snapshots), frozenset(self.excluded_ports))
+        if self._derived is not None and self._derived[0] == key:
+            return self._derived[1]
+        items: dict[str, KV] = {}
+        for snap in snapshots:
+            items.update(snap.items)
         desired, rejected = from_snapshot(
             items.values(),
             self.s.layout,
@@ -207,6 +223,7 @@ class Controller:
         kinds = [p.kind for p in desired.problems]
         for kind in ("port_clash", "port_mismatch"):
             self.metrics.problems.labels(kind).set(kinds.count(kind))
+        self._derived = (key, desired)
         return desired
 
     # --- applying ------------------------------------------------------------------------

@@ -330,6 +330,28 @@ def test_guard_lets_ordinary_removals_through() -> None:
     assert [i.id for i in out.services["a"].instances] == ["1", "2", "3", "4"]
 
 
+def test_guard_never_holds_a_rolling_replacement() -> None:
+    """New instance up, old one removed, many times within one TTL: no net loss, nothing
+    held (SPEC §6: removals one instance at a time are never held back)."""
+    guard = MassRemovalGuard(window=15, grace=30)
+    guard.filter(Desired({"a": svc("a", "v0")}), 0)
+    for n in range(1, 6):
+        guard.filter(Desired({"a": svc("a", f"v{n - 1}", f"v{n}")}), n)
+        out = guard.filter(Desired({"a": svc("a", f"v{n}")}), n + 0.5)
+        assert [i.id for i in out.services["a"].instances] == [f"v{n}"]
+    assert guard.held_count == 0
+
+
+def test_guard_counts_only_servers_it_keeps() -> None:
+    """The held gauge is the number of servers actually kept, logged once when held."""
+    guard = MassRemovalGuard(window=15, grace=30)
+    guard.filter(Desired({"a": svc("a", "1", "2", "3", "4")}), 0)
+    guard.filter(Desired(), 1)
+    assert guard.held_count == 4 and len(guard.newly_held) == 4
+    guard.filter(Desired(), 2)
+    assert guard.held_count == 4 and guard.newly_held == []
+
+
 def test_guard_releases_servers_that_come_back() -> None:
     """A held server whose record returns is no longer held."""
     guard = MassRemovalGuard(window=15, grace=30)
