@@ -61,6 +61,13 @@ class Demo:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.etcd_port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.etcd_port}"
+        # Prometheus scrape targets: job -> ["127.0.0.1:port", ...]
+        self.targets: dict[str, list[str]] = {}
+
+    def metrics_port(self, job: str) -> str:
+        port = free_port()
+        self.targets.setdefault(job, []).append(f"127.0.0.1:{port}")
+        return str(port)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -105,7 +112,32 @@ class Demo:
         raise SystemExit("demo: etcd did not become healthy; see " + str(self.workdir))
 
     def daemon(self, name: str, module: str, env: dict[str, str]) -> None:
-        self.spawn(name, [sys.executable, "-m", module], {"ETCD_ENDPOINTS": self.endpoint, **env})
+        """A daemon with its own METRICS_ADDR, so Prometheus can scrape every one."""
+        metrics = self.metrics_port(f"haroute-{module}")
+        self.spawn(
+            name,
+            [sys.executable, "-m", module],
+            {"ETCD_ENDPOINTS": self.endpoint, "METRICS_ADDR": metrics, **env},
+        )
+
+    def write_prometheus_config(self) -> Path:
+        """A prometheus.yml scraping every daemon and HAProxy's exporter (grafana/README.md)."""
+        lines = [
+            "global:",
+            "  scrape_interval: 5s",
+            "rule_files:",
+            f"  - {ROOT / 'grafana' / 'alerts.yml'}",
+            "scrape_configs:",
+        ]
+        for job, targets in sorted(self.targets.items()):
+            lines += [
+                f"  - job_name: {job}",
+                "    static_configs:",
+                f"      - targets: [{', '.join(repr(t) for t in targets)}]",
+            ]
+        path = self.workdir / "prometheus.yml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def web(self, name: str, env_name: str) -> int:
         port = free_port(HOST_IP)
@@ -139,6 +171,7 @@ class Demo:
             "lb",
             {
                 "HAPROXY_DIR": str(self.workdir / name),
+                "HAPROXY_METRICS_ADDR": self.metrics_port("haroute-haproxy"),
                 "LB_ID": name,
                 "RELOAD_MIN_INTERVAL": "0.2",
                 **env,
@@ -257,6 +290,7 @@ def main() -> int:
         )
         wait("sit routing", lambda: "web-sit-1" in http_get(http_port, sit_host), workdir)
         wait("the sidecar", lambda: db_echo(db_port, b"hi") == b"db says: hi", workdir)
+        prometheus_yml = demo.write_prometheus_config()
         print(
             f"""haroute demo is running: etcd at {demo.endpoint}, logs in {workdir}
 
@@ -268,6 +302,11 @@ DNS records of the web services point at it):
 
 The sidecar lb makes the dev database of ORIGIN.md reachable on its own port:
   python3 -c 'import socket; s=socket.create_connection(("127.0.0.1",{db_port})); s.sendall(b"hello"); print(s.recv(99))'
+
+Metrics: every daemon and both HAProxies export Prometheus metrics; a scrape config for
+all of them is at {prometheus_yml}:
+  prometheus --config.file={prometheus_yml} --storage.tsdb.path={workdir}/prometheus --web.listen-address=127.0.0.1:9090
+then import grafana/haroute.json into Grafana with that Prometheus as its data source.
 
 What the daemons wrote to etcd:
   ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} get --prefix /services
@@ -282,6 +321,16 @@ Ctrl-C stops everything.""",
                 and len(dns) == 2
             ), dns
             assert http_get(http_port, sit_host).startswith("hello from web-sit-1")
+            if shutil.which("promtool"):
+                subprocess.run(
+                    ["promtool", "check", "config", str(prometheus_yml)],
+                    check=True,
+                    capture_output=True,
+                )
+            for targets in demo.targets.values():
+                for target in targets:
+                    with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as resp:
+                        assert resp.status == 200, target
             print("\ndemo: check passed")
             return 0
         # Blocked only now: children spawned earlier must not inherit a blocked SIGTERM.
