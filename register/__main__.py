@@ -20,7 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_or_exit(RegisterSettings, argv, os.environ, PROG)
     try:
         runtime = make_runtime(
-            settings.runtime, node_name=settings.node_name, host_ip=settings.host_ip
+            settings.runtime,
+            node_name=settings.node_name,
+            host_ip=settings.host_ip,
+            docker_host=settings.docker_host,
         )
     except RuntimeUnavailable as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -121,9 +121,13 @@ class Register:
         self.rejects.forget_missing(
             (*self.announces.snapshot().items, *self.frontends.snapshot().items)
         )
+        try:
+            placements = self.runtime.place(announces)
+        except t.PlacementUnknown:
+            return  # change nothing rather than drop every key; the runtime logs why
         desired = t.desired_keys(
             announces,
-            self.runtime.place(announces),
+            placements,
             frontends,
             node=self.settings.node_name,
             layout=self.layout,
@@ -187,6 +191,14 @@ class Register:
             )
             for m in (self.announces, self.frontends)
         ]
+        threads.append(
+            threading.Thread(
+                target=self.runtime.watch,
+                args=(self.wake.set, self.stop.event),
+                name=f"runtime-{self.runtime.name}",
+                daemon=True,
+            )
+        )
         for thread in threads:
             thread.start()
         backoff = Backoff(0.1, 2.0)

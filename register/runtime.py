@@ -2,15 +2,19 @@
 
 A runtime decides which announcements are local to this host and their placement (host
 address and published port). ``host`` is for processes outside containers; ``docker``
-asks the local Docker engine (a later issue).
+asks the local Docker engine (``register.docker_runtime``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
+import docker.errors
+
 from discovery.records import AnnounceRecord
+from register.docker_runtime import DockerRuntime, connector
 from register.transform import Placement
 
 
@@ -18,7 +22,13 @@ class Runtime(Protocol):
     name: str
 
     def place(self, announces: Mapping[str, AnnounceRecord]) -> dict[str, Placement]:
-        """The placement of every local announcement, by announce key; others are absent."""
+        """The placement of every local announcement, by announce key; others are absent.
+        Raises ``PlacementUnknown`` when it cannot tell yet."""
+        ...
+
+    def watch(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Run in a thread of its own until ``stop``: call ``wake`` when placements may
+        have changed outside etcd (a container started or exited). May return at once."""
         ...
 
 
@@ -38,15 +48,23 @@ class HostRuntime:
             if record.host == self.node_name
         }
 
+    def watch(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Placements change only with the announcements: nothing to watch."""
+
 
 class RuntimeUnavailable(Exception):
     """The configured runtime cannot run here; the message says what to do instead."""
 
 
-def make_runtime(name: str, *, node_name: str, host_ip: str) -> Runtime:
+def make_runtime(
+    name: str, *, node_name: str, host_ip: str, docker_host: str | None = None
+) -> Runtime:
+    """The runtime named by ``RUNTIME``. The Docker engine need not be up yet (it is
+    waited for), but a malformed ``DOCKER_HOST`` fails here."""
     if name == "host":
         return HostRuntime(node_name, host_ip)
-    raise RuntimeUnavailable(
-        "RUNTIME=docker is not built yet (it arrives with the Docker runtime issue); "
-        "use RUNTIME=host with ANNOUNCE_HOST set to NODE_NAME in each announce"
-    )
+    try:
+        connect = connector(docker_host)
+    except docker.errors.DockerException as exc:
+        raise RuntimeUnavailable(f"bad setting DOCKER_HOST={docker_host!r}: {exc}") from None
+    return DockerRuntime(connect, host_ip)

@@ -30,6 +30,11 @@ class Placement:
     ext_port: int
 
 
+class PlacementUnknown(Exception):
+    """The runtime cannot tell yet which announcements run here (its engine has never
+    answered): the register changes nothing this cycle rather than drop every key."""
+
+
 @dataclass(frozen=True)
 class DnsConfig:
     domain: str

@@ -231,13 +231,12 @@ def test_http_dns_follows_frontends(servers: Stack, etcd: Etcd) -> None:
     wait_for(lambda: set(keys(s, dns_dir)) == {dns_dir + "w1"}, 5, what="fallback again")
 
 
-def test_docker_runtime_points_to_host_runtime(servers: Stack, etcd: Etcd) -> None:
-    """RUNTIME=docker is not built yet: one line pointing to RUNTIME=host, exit 2."""
-    env = register_env(etcd)
-    env["RUNTIME"] = "docker"
+def test_docker_runtime_bad_docker_host_fails_fast(servers: Stack, etcd: Etcd) -> None:
+    """RUNTIME=docker with a malformed DOCKER_HOST: one line naming it, exit 2."""
+    env = register_env(etcd, RUNTIME="docker", DOCKER_HOST="bogus://nowhere")
     r = servers.daemon("register", env)
     assert r.proc is not None and r.proc.wait(10) == 2
-    assert "RUNTIME=host" in r.log()
+    assert "bad setting DOCKER_HOST='bogus://nowhere'" in r.log()
 
 
 def test_unnamed_environment_uses_default_label(servers: Stack, etcd: Etcd) -> None:
