@@ -53,6 +53,15 @@ class InvalidRecord(ValueError):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A key whose record failed validation, at the revision it was read."""
+
+    key: str
+    mod_revision: int
+    error: InvalidRecord
+
+
 def is_label(text: str) -> bool:
     return LABEL_RE.fullmatch(text) is not None
 

@@ -23,9 +23,10 @@ from typing import Any, NoReturn
 from discovery.daemon import load_or_exit
 from discovery.etcd import EtcdSession, EtcdUnavailable
 from discovery.kv import KV
+from discovery.records import Rejected
 from discovery.settings import Endpoint, load
 from lb.controller import TEMPLATE
-from lb.desired import Desired, Instance, Rejected, from_snapshot
+from lb.desired import Desired, Instance, from_snapshot
 from lb.plan import Applied, Backend, Plan, plan
 from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable, ServerState

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from discovery.keys import Layout
 from discovery.kv import KV
-from discovery.records import InvalidRecord, ServicePath, ServiceRecord, covers, parse_service
+from discovery.records import (
+    InvalidRecord,
+    Rejected,
+    ServicePath,
+    ServiceRecord,
+    covers,
+    parse_service,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -48,13 +55,6 @@ class Problem:
     kind: str
     key: str
     detail: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    key: str
-    mod_revision: int
-    error: InvalidRecord
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from discovery.records import (
     DnsRecord,
     FrontendRecord,
     InvalidRecord,
+    Rejected,
     ServiceRecord,
     covers,
     parse_announce,
@@ -41,13 +42,6 @@ class DnsConfig:
     ttl: int
     frontend_ip: str | None
     frontend_port: int
-
-
-@dataclass(frozen=True)
-class Rejected:
-    key: str
-    mod_revision: int
-    error: InvalidRecord
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from discovery.etcd import EtcdSession
+from lb.metrics import REASONS
 from lb.process import parse_show_proc
 from tests.helpers import metric_value, scrape, session
 from tests.servers import Daemon, Etcd, Stack, free_port, pid_gone, wait_for
@@ -241,15 +242,7 @@ class LbStack:
     def reloads_ok(self) -> float:
         text = self.metrics() or ""
         return sum(
-            metric_value(text, "haroute_reloads_total", reason=r, result="ok")
-            for r in (
-                "new_backend",
-                "slots_exhausted",
-                "backend_removed",
-                "runtime_failed",
-                "template_changed",
-                "haproxy_restarted",
-            )
+            metric_value(text, "haroute_reloads_total", reason=r, result="ok") for r in REASONS
         )
 
     def config(self) -> str:
