@@ -57,11 +57,13 @@ def keys(s: EtcdSession, prefix: str) -> dict[str, Any]:
     return {kv.key: json.loads(kv.value) for kv in kvs}
 
 
-class DeleteRecorder:
-    """Records every delete event under a prefix from the moment it starts."""
+class EventRecorder:
+    """Records every delete (or, with ``deletes=False``, every put) under a prefix from
+    the moment it starts: to prove a key was never deleted, or never written."""
 
-    def __init__(self, s: EtcdSession, prefix: str) -> None:
-        self.deleted: list[str] = []
+    def __init__(self, s: EtcdSession, prefix: str, *, deletes: bool = True) -> None:
+        self.deletes = deletes
+        self.keys: list[str] = []
         self.errors: list[Exception] = []
         self._lock = threading.Lock()
         self._cancel = s.watch_prefix(prefix, s.revision() + 1, self._on)
@@ -71,12 +73,15 @@ class DeleteRecorder:
             if isinstance(item, Exception):
                 self.errors.append(item)
                 return
-            self.deleted.extend(e.kv.key for e in item.events if e.deleted)
+            self.keys.extend(e.kv.key for e in item.events if e.deleted == self.deletes)
 
     def stop(self) -> list[str]:
         self._cancel()
         assert not self.errors, f"the recording watch broke: {self.errors}"
-        return list(self.deleted)
+        return list(self.keys)
+
+
+DeleteRecorder = EventRecorder
 
 
 def metrics_port() -> int:

@@ -95,9 +95,17 @@ class Etcd:
     def endpoint(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
-    def start(self) -> Etcd:
-        client = f"{self.scheme}://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def cluster_args(self) -> list[str]:
+        """How this member finds its peers: alone here; a cluster member overrides it."""
+        return ["--initial-cluster", f"{self.name}={self.peer_url}"]
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be healthy."""
+        client = self.endpoint
         args = [
             self.BIN,
             "--name",
@@ -109,11 +117,10 @@ class Etcd:
             "--advertise-client-urls",
             client,
             "--listen-peer-urls",
-            peer,
+            self.peer_url,
             "--initial-advertise-peer-urls",
-            peer,
-            "--initial-cluster",
-            f"{self.name}={peer}",
+            self.peer_url,
+            *self.cluster_args(),
             "--log-level",
             "warn",
             *self.extra,
@@ -121,6 +128,9 @@ class Etcd:
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"), start_new_session=True
         )
+
+    def start(self) -> Etcd:
+        self.launch()
         wait_for(self.healthy, 15, 0.05, f"etcd {self.name} /health")
         return self
 

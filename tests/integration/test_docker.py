@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ import pytest
 
 from discovery.etcd import EtcdSession
 from discovery.keys import Layout
-from discovery.kv import WatchBatch
 from discovery.records import AnnounceRecord, ServicePath
 from tests.docker_helpers import (
     SKIP_ENV,
@@ -32,7 +30,7 @@ from tests.docker_helpers import (
     HostState,
     missing_prerequisite,
 )
-from tests.helpers import SHORT_TTL, DeleteRecorder, keys, register_env, session
+from tests.helpers import SHORT_TTL, DeleteRecorder, EventRecorder, keys, register_env, session
 from tests.lb_helpers import host_of, lb_stack
 from tests.servers import Daemon, Etcd, Stack, wait_for
 
@@ -108,28 +106,6 @@ def service_key(instance_id: str) -> str:
     return LAYOUT.service_key(PATH, instance_id)
 
 
-class PutRecorder:
-    """Every key written under a prefix from the moment it starts."""
-
-    def __init__(self, s: EtcdSession, prefix: str) -> None:
-        self.puts: list[str] = []
-        self.errors: list[Exception] = []
-        self._lock = threading.Lock()
-        self._cancel = s.watch_prefix(prefix, s.revision() + 1, self._on)
-
-    def _on(self, item: WatchBatch | Exception) -> None:
-        with self._lock:
-            if isinstance(item, Exception):
-                self.errors.append(item)
-            else:
-                self.puts.extend(e.kv.key for e in item.events if not e.deleted)
-
-    def stop(self) -> list[str]:
-        self._cancel()
-        assert not self.errors, f"the recording watch broke: {self.errors}"
-        return list(self.puts)
-
-
 def http_get(address: str, port: int) -> str:
     with urllib.request.urlopen(f"http://{address}:{port}/", timeout=5) as resp:
         return str(resp.read().decode())
@@ -203,7 +179,7 @@ def test_other_hosts_record_is_never_registered(
     """A record whose ID is no local container (another host's) is never registered."""
     s = session(etcd)
     lease = s.grant(60)[0]
-    puts = PutRecorder(s, "/services/")
+    puts = EventRecorder(s, "/services/", deletes=False)
     start_register(servers, etcd, engine)
     announce(s, lease, "f0e1d2c3b4a5")  # another host's container
     short = engine.run_httpd()[:12]

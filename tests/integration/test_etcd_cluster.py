@@ -30,36 +30,15 @@ class Member(Etcd):
     cluster = ""  # name=peer URL of every member, set before the first start
     token = ""
 
-    def launch(self) -> None:
-        """Start the process without waiting: a member is healthy only with a quorum."""
-        client = self.endpoint
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        args = [
-            self.BIN,
-            "--name",
-            self.name,
-            "--data-dir",
-            str(self.data_dir),
-            "--listen-client-urls",
-            client,
-            "--advertise-client-urls",
-            client,
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
+    def cluster_args(self) -> list[str]:
+        return [
             "--initial-cluster",
             self.cluster,
             "--initial-cluster-token",
             self.token,
             "--initial-cluster-state",
             "new",
-            "--log-level",
-            "warn",
         ]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"), start_new_session=True
-        )
 
     def start(self) -> Member:
         self.launch()
