@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,31 @@ def default_template_dir() -> str:
     raise ValueError("no installed templates found")
 
 
-def directory(raw: str) -> str:
-    value = raw.strip()
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9_./-]*")
+# sun_path holds 107 bytes; the longest socket we put in HAPROXY_DIR is master.sock.
+_MAX_SOCKET_DIR = 107 - len("/master.sock")
+
+
+def absolute_path(raw: str) -> str:
+    value = raw.strip().rstrip("/") or "/"
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
-    return value.rstrip("/") or "/"
+    return value
+
+
+def directory(raw: str) -> str:
+    """An absolute path that can stand in a HAProxy config and hold its sockets."""
+    value = absolute_path(raw)
+    if _SAFE_PATH.fullmatch(value) is None:
+        raise ValueError("may contain only letters, digits and _ . / - (it goes into haproxy.cfg)")
+    return value
+
+
+def socket_directory(raw: str) -> str:
+    value = directory(raw)
+    if len(value.encode()) > _MAX_SOCKET_DIR:
+        raise ValueError(f"is too long for Unix sockets in it (at most {_MAX_SOCKET_DIR} bytes)")
+    return value
 
 
 def bind_address(raw: str) -> Address:
@@ -41,10 +62,10 @@ class LbSettings(CommonSettings):
     )
     haproxy_bin: str = setting("HAPROXY_BIN", s.text, "haproxy", "the haproxy executable")
     haproxy_dir: str = setting(
-        "HAPROXY_DIR", directory, None, "where config, map, sockets and pid file live"
+        "HAPROXY_DIR", socket_directory, None, "where config, map, sockets and pid file live"
     )
     template_dir: str = setting(
-        "TEMPLATE_DIR", directory, default_template_dir, "Jinja2 templates of the config"
+        "TEMPLATE_DIR", absolute_path, default_template_dir, "Jinja2 templates of the config"
     )
     lb_id: str = setting("LB_ID", s.node_id, s.hostname, "this load balancer's ID")
     http_bind: Address | None = setting(

@@ -426,3 +426,23 @@ def test_render_refuses_unsafe_values(value: str) -> None:
     """Nothing with a space, newline, ;, #, quote or non-ASCII can be rendered."""
     with pytest.raises(UnsafeValue):
         check_safe(value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("relative/dir", "absolute"),
+        ("/tmp/with space", "only letters"),
+        ("/tmp/x;y", "only letters"),
+        ("/" + "d" * 100, "too long"),
+    ],
+)
+def test_haproxy_dir_fails_fast(raw: str, problem: str) -> None:
+    """HAPROXY_DIR goes into haproxy.cfg and holds Unix sockets: a path that cannot is a
+    bad setting at start, not an error at every reload."""
+    from discovery.settings import SettingError, load
+    from lb.settings import LbSettings
+
+    env = {"LISTEN_PATH": "/services/internal", "HAPROXY_DIR": raw, "LB_ID": "lb1"}
+    with pytest.raises(SettingError, match=problem):
+        load(LbSettings, [], env, "haroute-lb")
