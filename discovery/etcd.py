@@ -204,6 +204,11 @@ class EtcdSession:
         # not have a sufficient security level"; pyetcd issue #17), so every call with a
         # user over http failed. The metadata alone carries the token, on http and https.
         client.call_credentials = None
+        # etcd's "require leader" (clientv3.WithRequireLeader): a member that lost its
+        # leader (partitioned, or the cluster lost quorum) refuses calls at once and cancels
+        # watches, instead of timing calls out and feeding a watch that never moves while
+        # answering keepalive pings; the daemons then fail over to another endpoint.
+        client.metadata = (*(client.metadata or ()), ("hasleader", "true"))
         return client
 
     def _get_client(self) -> Any:

@@ -166,3 +166,40 @@ def test_leader_killed_during_requests_loses_nothing(servers: Stack, tmp_path: P
         # The old leader comes back on its data dir and catches up.
         old.start()
         assert keys(session(old), SVC) == keys(s, SVC)
+
+
+def test_member_without_leader_is_noticed(tmp_path: Path) -> None:
+    """A member that lost its leader (here: the two others frozen) cancels the watch of a
+    daemon connected to it instead of feeding a watch that never moves, so the daemon
+    reports etcd as disconnected (and would fail over); with a leader again it resumes and
+    sees new writes."""
+    from discovery.metrics import Metrics
+    from discovery.watch import PrefixMirror
+
+    with etcd_cluster(tmp_path) as members:
+        lone, others = members[0], members[1:]
+        metrics = Metrics()
+        mirror = PrefixMirror(session(lone), "/announce", on_change=lambda: None, metrics=metrics)
+        stop = threading.Event()
+        thread = threading.Thread(target=mirror.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: mirror.connected, 10, what="mirror connected")
+            for member in others:
+                member.freeze()
+            try:
+                wait_for(lambda: not mirror.connected, 20, 0.1, "leader loss noticed")
+                assert metrics.etcd_connected._value.get() == 0
+            finally:
+                for member in others:
+                    member.thaw()
+            wait_for(lambda: mirror.connected, 20, 0.1, "connected again")
+            session(others[0]).put("/announce/after", "x")
+            wait_for(
+                lambda: "/announce/after" in mirror.snapshot().items,
+                10,
+                what="the write seen through the lone member",
+            )
+        finally:
+            stop.set()
+            thread.join(5)
