@@ -27,11 +27,30 @@ from tests.servers import Daemon, Etcd, Stack, free_port, pid_gone, wait_for
 DOMAIN = "skydns.local"
 
 
-class _QuietServer(http.server.ThreadingHTTPServer):
+class QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # HAProxy's TCP health checks connect and reset: not an error here
+
+
+def name_handler(name: str) -> type[http.server.BaseHTTPRequestHandler]:
+    """A request handler that answers every GET with ``name``."""
+    body = name.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
 
 
 class Backend:
@@ -40,21 +59,7 @@ class Backend:
     def __init__(self, name: str, host: str = "127.0.0.2") -> None:
         self.name = name
         self.host = host
-        body = name.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _QuietServer((host, 0), Handler)
+        self.server = QuietServer((host, 0), name_handler(name))
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

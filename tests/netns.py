@@ -306,27 +306,9 @@ def stop_pid(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def _serve(name: str, address: str, port: int) -> None:
-    body = name.encode()
+    from tests.lb_helpers import QuietServer, name_handler
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # HAProxy's health checks connect and reset
-
-    Server((address, port), Handler).serve_forever()
+    QuietServer((address, port), name_handler(name)).serve_forever()
 
 
 def _requests(
