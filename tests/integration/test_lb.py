@@ -168,7 +168,8 @@ def test_template_hot_reload(servers: Stack, etcd: Etcd, tmp_path: Path) -> None
 
 def test_tcp_sidecar_and_port_held_elsewhere(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
     """A TCP service listens on its port; one whose port another process holds is
-    reported and left out, and later changes still reload."""
+    reported and left out, later changes still reload, and once the port is free the
+    service gets it."""
     echo = EchoServer()
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
@@ -191,6 +192,8 @@ def test_tcp_sidecar_and_port_held_elsewhere(servers: Stack, etcd: Etcd, tmp_pat
             lb.put(SIT, "s1", b.port)
             serves(lb, SIT, {"b"})
             assert _echo(free) == b"ping"
+            blocker.close()
+            wait_for(lambda: _echo(held_port) == b"ping", 10, 0.1, "the freed port taken")
     finally:
         blocker.close()
         echo.close()
@@ -470,3 +473,22 @@ def test_external_haproxy_is_driven_through_its_reload_command(
             assert lb.haproxy_pid() == pid  # not ours to stop
     finally:
         supervisor.stop(soft=False)
+
+
+def test_empty_backend_removed_after_gc_delay(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
+    """A backend whose instances all went stays (no reload) until BACKEND_GC_AFTER, then
+    a reload with reason backend_removed takes it and its Host out."""
+    with lb_stack(servers, etcd, tmp_path, BACKEND_GC_AFTER="2", DRAIN_TIMEOUT="0") as lb:
+        b = lb.backend("b")
+        lb.start()
+        lb.put(WEB, "w1", b.port)
+        serves(lb, WEB, {"b"})
+        reloads = lb.haproxy_reloads()
+        lb.delete(WEB, "w1")
+        wait_for(lambda: lb.get(host_of(WEB))[0] == 503, 5, 0.05, "no server left")
+        assert lb.haproxy_reloads() == reloads
+        assert "be_internal_app1_dev_web_ghost_example" in lb.config()
+        counted(lb, "haroute_reloads_total", 1, reason="backend_removed", result="ok")
+        assert "be_internal_app1_dev_web_ghost_example" not in lb.config()
+        assert host_of(WEB) not in (lb.dir / "hosts.map").read_text()
+        assert lb.get(host_of(WEB)) == (503, "no service for this host")
