@@ -65,6 +65,11 @@ class PrefixMirror:
             return Snapshot(MappingProxyType(dict(self._items)), self._revision, self._synced)
 
     @property
+    def synced(self) -> bool:
+        """Listed at least once (a snapshot before that is empty, not "no keys")."""
+        return self._synced
+
+    @property
     def connected(self) -> bool:
         return self._connected
 

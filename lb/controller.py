@@ -132,7 +132,7 @@ class Controller:
             self._restart_haproxy()
             return IDLE_CYCLE
         self._check_template()
-        if not all(m.snapshot().synced for m in self.mirrors):
+        if not all(m.synced for m in self.mirrors):
             return IDLE_CYCLE
         desired = self.guard.filter(self._desired(), now)
         self.metrics.held.set(self.guard.held_count)

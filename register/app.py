@@ -108,19 +108,15 @@ class Register:
         self.wake.set()
 
     def _reconcile(self, actual: dict[str, KV], lease_id: int) -> None:
-        announces, rejected = t.parse_announcements(
-            self.announces.snapshot().items.values(), self.layout
-        )
-        frontends, rejected_frontends = t.parse_frontends(
-            self.frontends.snapshot().items.values(), self.layout
-        )
+        announce_items = self.announces.snapshot().items
+        frontend_items = self.frontends.snapshot().items
+        announces, rejected = t.parse_announcements(announce_items.values(), self.layout)
+        frontends, rejected_frontends = t.parse_frontends(frontend_items.values(), self.layout)
         self.metrics.records.labels("valid").set(len(announces))
         self.metrics.records.labels("invalid").set(len(rejected))
         for bad in (*rejected, *rejected_frontends):
             self.rejects.reject(bad.key, bad.mod_revision, bad.error)
-        self.rejects.forget_missing(
-            (*self.announces.snapshot().items, *self.frontends.snapshot().items)
-        )
+        self.rejects.forget_missing((*announce_items, *frontend_items))
         try:
             placements = self.runtime.place(announces)
         except t.PlacementUnknown:
@@ -209,7 +205,7 @@ class Register:
                     self._resync()
                 delay = self.lease.tick()
                 actual, lease_id = self.actual, self.lease.lease_id
-                synced = self.announces.snapshot().synced and self.frontends.snapshot().synced
+                synced = self.announces.synced and self.frontends.synced
                 if actual is not None and lease_id is not None and synced:
                     self._reconcile(actual, lease_id)
                 if backoff.failing:
