@@ -367,10 +367,11 @@ def test_hostile_service_records_never_reach_haproxy(
 
 def test_end_to_end_with_announce_and_register(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
     """announce → register → lb: a web instance announced on one host is reached through
-    HAProxy by its DNS name, and the lb's /frontends record points DNS at the lb."""
+    HAProxy by its DNS name, and the lb's /frontends record points DNS at the lb; an lb
+    that stops revokes it, and DNS falls back."""
     with lb_stack(servers, etcd, tmp_path, ADVERTISE_IP="127.0.0.1", FRONTEND_PORT="8080") as lb:
         b = lb.backend("web1")
-        lb.start()
+        d = lb.start()
         servers.daemon("register", register_env(etcd))
         servers.daemon("announce", announce_env(etcd, WEB, b.port, ANNOUNCE_ID="web1"))
         serves(lb, WEB, {"web1"})
@@ -378,6 +379,9 @@ def test_end_to_end_with_announce_and_register(servers: Stack, etcd: Etcd, tmp_p
         wait_for(lambda: lb.session.get(dns), 10, what="DNS record pointing at the lb")
         value = json.loads(lb.session.get(dns).value)  # type: ignore[union-attr]
         assert (value["host"], value["port"]) == ("127.0.0.1", 8080)
+        assert d.stop() == 0
+        assert lb.session.get("/frontends/lb1") is None  # revoked, not left to expire
+        wait_for(lambda: lb.session.get(dns) is None, 5, what="DNS record of the lb gone")
 
 
 def test_failed_runtime_command_reloads_the_full_state(
