@@ -31,7 +31,7 @@ def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie counts as gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone, even between open and read (ProcessLookupError)
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
@@ -39,7 +39,7 @@ def pid_alive(pid: int) -> bool:
 def children(pid: int) -> set[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
+    except OSError:
         return set()
     return {int(p) for p in text.split()}
 
