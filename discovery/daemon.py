@@ -1,4 +1,5 @@
-"""What every daemon's ``main`` shares: signals that only set a flag, and the exit paths."""
+"""What every daemon's ``main`` shares: signals that only set a flag, the exit paths, and
+the one loop all three daemons turn (:func:`run_loop`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
 from discovery import logs
+from discovery.backoff import Backoff
+from discovery.etcd import EtcdUnavailable
+from discovery.metrics import Metrics
 from discovery.settings import CommonSettings, SettingError, load
 
 log = logging.getLogger(__name__)
@@ -74,3 +80,117 @@ def run_main(body: Callable[[], int]) -> int:
     except Exception:
         log.exception("unexpected error, please report it as a bug")
         return 1
+
+
+# --- the daemon loop ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one cycle of a daemon did: ``did`` is one sentence ("" when it did nothing),
+    ``wait`` the seconds until the next cycle at the latest (a wake-up comes sooner)."""
+
+    wait: float
+    did: str = ""
+
+
+class Loop:
+    """patroni's daemon loop (STYLE.md), shared by announce, register and the lb: turn
+    ``cycle`` until ``stop``; sleep what it asks, or until ``wake`` is set.
+
+    One policy for errors, in one place: ``EtcdUnavailable`` is expected (etcd restarts,
+    partitions) and logged once per outage, the loop backing off meanwhile; any other
+    exception is a bug: logged with its trace and "please report it as a bug", counted,
+    backed off, and the loop goes on. The loop exits only when ``stop`` is set.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cycle: Callable[[], Turn],
+        *,
+        stop: Stopper,
+        wake: threading.Event | None = None,
+        metrics: Metrics | None = None,
+        backoff: Backoff | None = None,
+        on_etcd_error: Callable[[EtcdUnavailable], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.cycle = cycle
+        self.stop = stop
+        self.wake = wake
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(0.1, 2.0)
+        self.on_etcd_error = on_etcd_error
+        self.clock = clock
+        #: When the last cycle ended, error or not (``/healthz``: the loop turns).
+        self.last_turn: float | None = None
+        #: The last cycle's sentence.
+        self.last_did = ""
+        if wake is not None:
+            stop.link(wake)
+
+    def turn(self) -> float:
+        """One cycle under the error policy; the seconds to wait before the next."""
+        try:
+            result = self.cycle()
+        except EtcdUnavailable as exc:
+            if not self.backoff.failing:
+                log.warning("[%s] etcd unavailable (%s); retrying with back-off", self.name, exc)
+            if self.metrics is not None:
+                self.metrics.etcd_errors.inc()
+            if self.on_etcd_error is not None:
+                self.on_etcd_error(exc)
+            delay = self.backoff.next()
+        except Exception:
+            log.exception("[%s] unexpected error, please report it as a bug", self.name)
+            if self.metrics is not None:
+                self.metrics.loop_errors.inc()
+            delay = self.backoff.next()
+        else:
+            if self.backoff.failing:
+                log.info("[%s] working again", self.name)
+            self.backoff.reset()
+            self.last_did = result.did
+            if result.did:
+                log.debug("[%s] %s", self.name, result.did)
+            delay = max(0.0, result.wait)
+        self.last_turn = self.clock()
+        return delay
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            if self.wake is not None:
+                self.wake.clear()  # before the cycle: a change during it wakes the next
+            delay = self.turn()
+            if self.stop.is_set():
+                break
+            if self.wake is not None:
+                self.wake.wait(delay)
+            else:
+                self.stop.wait(delay)
+
+
+def run_loop(
+    name: str,
+    cycle: Callable[[], Turn],
+    *,
+    stop: Stopper,
+    wake: threading.Event | None = None,
+    metrics: Metrics | None = None,
+    backoff: Backoff | None = None,
+    on_etcd_error: Callable[[EtcdUnavailable], None] | None = None,
+) -> Loop:
+    """Build a :class:`Loop` and run it until ``stop``; returns it (its last state)."""
+    loop = Loop(
+        name,
+        cycle,
+        stop=stop,
+        wake=wake,
+        metrics=metrics,
+        backoff=backoff,
+        on_etcd_error=on_etcd_error,
+    )
+    loop.run()
+    return loop

@@ -59,6 +59,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.loop_errors = Counter(
+            "haroute_loop_errors_total",
+            "unexpected errors in the daemon's loop (bugs: please report them)",
+            registry=r,
+        )
         for kind in ("resume", "relist"):
             self.watch_restarts.labels(kind)
         for kind in ("put", "delete"):
