@@ -33,6 +33,10 @@ class RejectLog:
             extra={"key": key[:200], "reason": exc.reason.value},
         )
 
+    def forget(self, key: str) -> None:
+        """A key that is gone: its next bad value is news again."""
+        self._seen.pop(key, None)
+
     def forget_missing(self, present: Iterable[str]) -> None:
         """Drop keys that no longer exist, so the memory stays bounded."""
         keep = set(present)

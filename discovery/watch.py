@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What changed in the mirror since the last :meth:`PrefixMirror.take_changes`: the
+    keys (``None``: deleted), or, after a (re)list, every key (``relisted``)."""
+
+    items: Mapping[str, KV | None]
+    relisted: bool
+    revision: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The mirrored keys (read-only) and the revision they are current to."""
 
@@ -48,6 +58,7 @@ class PrefixMirror:
         on_change: Callable[[], None],
         metrics: Metrics | None = None,
         backoff: Backoff | None = None,
+        track_changes: bool = False,
     ) -> None:
         self.session = session
         self.prefix = prefix.rstrip("/") + "/"
@@ -59,10 +70,27 @@ class PrefixMirror:
         self._revision = 0
         self._synced = False
         self._connected = False
+        # With ``track_changes``, the keys changed since the consumer last looked: a
+        # consumer that keeps its own state (the lb) applies only those.
+        self._track = track_changes
+        self._changes: dict[str, KV | None] = {}
+        self._relisted = False
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(MappingProxyType(dict(self._items)), self._revision, self._synced)
+
+    def take_changes(self) -> Changes:
+        """The changes since the last call (``track_changes`` only), and forget them."""
+        with self._lock:
+            if self._relisted:
+                items: Mapping[str, KV | None] = dict(self._items)
+            else:
+                items = self._changes
+            changes = Changes(items, self._relisted, self._revision)
+            self._changes = {}
+            self._relisted = False
+        return changes
 
     @property
     def synced(self) -> bool:
@@ -84,6 +112,9 @@ class PrefixMirror:
             self._items = {kv.key: kv for kv in kvs}
             self._revision = revision
             self._synced = True
+            if self._track:
+                self._relisted = True
+                self._changes = {}
         log.info("[watch] listed %s: %d keys at revision %d", self.prefix, len(kvs), revision)
 
     def _apply(self, batch: WatchBatch) -> None:
@@ -93,6 +124,8 @@ class PrefixMirror:
                     self._items.pop(event.kv.key, None)
                 else:
                     self._items[event.kv.key] = event.kv
+                if self._track and not self._relisted:
+                    self._changes[event.kv.key] = None if event.deleted else event.kv
             # The last event's revision, not the header's: a catching-up watch may send
             # the current header revision while more events are still to come.
             self._revision = max(self._revision, batch.revision)

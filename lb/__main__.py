@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from discovery.daemon import Stopper, load_or_exit, run_main
 from discovery.etcd import EtcdSession
 from discovery.metrics import serve
-from lb import process
 from lb.controller import Controller
 from lb.metrics import LbMetrics
+from lb.owners import make_process
 from lb.settings import LbSettings
 
 
@@ -21,12 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.install()
     metrics = LbMetrics()
     serve(settings.metrics_addr, metrics.registry)
-    haproxy: process.SpawnedHAProxy | process.ExternalHAProxy
-    if settings.haproxy_manage == "spawn":
-        haproxy = process.SpawnedHAProxy(settings.haproxy_bin, settings.haproxy_dir)
-    else:
-        assert settings.haproxy_reload_cmd is not None
-        haproxy = process.ExternalHAProxy(settings.haproxy_reload_cmd, settings.admin_socket)
+    haproxy = make_process(settings)
     session = EtcdSession.from_settings(settings)
     return run_main(Controller(settings, session, haproxy, metrics, stop).run)
 

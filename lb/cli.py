@@ -27,11 +27,13 @@ from discovery.records import Rejected
 from discovery.settings import Endpoint, load
 from lb.controller import TEMPLATE
 from lb.desired import Desired, Instance, from_snapshot
+from lb.files import HAProxyFiles
 from lb.plan import Applied, Backend, Plan, plan
 from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable, ServerState
 from lb.settings import LbSettings
-from lb.state import LAYOUT_FILE, adopted_state, draining_sessions, load_layout, read_applied
+from lb.state import adopted_state, draining_sessions, load_budget, load_layout, read_applied
+from lb.status import read_status
 
 PROG = "haroute"
 EXIT_FAILED = 1
@@ -221,7 +223,8 @@ def dry_run(settings: LbSettings) -> DryRun:
         # read_applied does not touch the socket when there is no layout file: ask first,
         # so that an unreachable HAProxy is reported as such.
         runtime.info()
-        adopted = read_applied(settings.haproxy_dir, runtime, settings.adopt_map_path, now)
+        files = HAProxyFiles(settings.haproxy_dir, settings.haproxy_socket)
+        adopted = read_applied(files.layout, runtime, settings.adopt_map_path, now)
         applied = adopted or Applied()
         p = plan(
             view.desired,
@@ -230,10 +233,19 @@ def dry_run(settings: LbSettings) -> DryRun:
             timers=settings.timers,
             map_path=settings.map_path,
             sessions=draining_sessions(applied, runtime),
+            dynamic_room=dynamic_room(files, applied),
         )
     except (RuntimeUnavailable, RuntimeCommandError) as exc:
         raise _socket_failure(settings, exc) from exc
     return DryRun(view, applied, adopted is not None, p)
+
+
+def dynamic_room(files: HAProxyFiles, applied: Applied) -> int:
+    """Servers the lb may still add with ``add server``: what the running config's fd
+    budget leaves, as the lb reads it from the layout file."""
+    fitted = load_budget(files.layout)
+    room = 1 << 30 if fitted is None else fitted.room
+    return max(0, room - applied.dynamic_count())
 
 
 def _draining(applied: Applied) -> list[str]:
@@ -255,7 +267,7 @@ def plan_lines(run: DryRun, settings: LbSettings) -> list[str]:
     if not run.adopted:
         lines.append(
             f"# the running HAProxy does not match its layout file "
-            f"{settings.haproxy_dir}/{LAYOUT_FILE} (missing, or other backends or slots): "
+            f"{HAProxyFiles(settings.haproxy_dir).layout} (missing, or other backends or slots): "
             f"an lb starting now would not adopt it and would install the full desired state"
         )
     if p.reload is not None:
@@ -363,7 +375,7 @@ def read_live(settings: LbSettings) -> Live:
         hosts = runtime.show_map(map_path) if map_path else {}
     except (RuntimeUnavailable, RuntimeCommandError) as exc:
         raise _socket_failure(settings, exc) from exc
-    return Live(info, servers, hosts, load_layout(settings.haproxy_dir))
+    return Live(info, servers, hosts, load_layout(HAProxyFiles(settings.haproxy_dir).layout))
 
 
 def _address(ip: str, port: int) -> str:
@@ -454,6 +466,9 @@ def status_report(
             "layout_file_matches": live.layout is not None and adopted is not None,
             "hosts": dict(live.hosts),
         }
+    haproxy["last_reload"] = (read_status(HAProxyFiles(settings.haproxy_dir).status) or {}).get(
+        "last_reload"
+    )
     return {
         "etcd": {
             "endpoints": [_endpoint(e) for e in settings.etcd_endpoints],
@@ -516,6 +531,12 @@ def status_text(report: Mapping[str, Any]) -> str:
         )
     else:
         out.append(f"HAProxy at {haproxy['socket']}: unreachable (etcd side only)")
+    last = haproxy.get("last_reload")
+    if last:
+        out.append(
+            f"last reload: {last['result']} ({', '.join(last['reasons'])}): {last['detail']}"
+        )
+        out += [f"  HAProxy: {line}" for line in last.get("alerts", [])]
     out += ["", "SERVICES"]
     out.append(
         _table(

@@ -1,46 +1,56 @@
-"""The lb's loop: snapshot → desired → plan → apply (SPEC §6).
+"""The lb's loop: changes → plan → decide → act (SPEC §6).
 
-Mirrors of the listened prefixes wake the loop; each cycle derives the desired state from
-their snapshots, plans against what HAProxy runs, and applies the plan: runtime commands
-on the admin socket (the normal case), or a checked, coalesced reload (a layout change).
+Each cycle takes the keys the mirrors saw change, parses only those (``lb/catalog.py``),
+plans only the backends they touch (``lb/plan.py``), lets :func:`lb.decide.decide` pick
+one action — runtime commands, a reload, or a wait — and does it. The whole state is
+derived again only at start, after a relist and at the periodic reconcile, which also
+reads HAProxy back (``show servers state``) and repairs what drifted. An idle lb turns
+only its timers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
-import os
+import math
+import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
-from discovery.daemon import Stopper
+from discovery.daemon import Stopper, Turn, run_loop
 from discovery.etcd import EtcdSession, EtcdUnavailable
-from discovery.kv import KV
 from discovery.lease import LeaseKeeper
 from discovery.records import FrontendRecord
 from discovery.rejects import RejectLog
 from discovery.watch import PrefixMirror
-from lb import process, state
-from lb.desired import Desired, from_snapshot
+from lb import budget, haproxylog, procfs, state
+from lb.catalog import Catalog
+from lb.decide import Decision, Gate, decide
+from lb.desired import Problem, Service
+from lb.files import HAProxyFiles, prepare_directory
 from lb.guard import MassRemovalGuard
-from lb.metrics import LbMetrics
-from lb.plan import Applied, plan
-from lb.reload import ReloadGate
+from lb.install import Candidate, Installer
+from lb.metrics import PROBLEMS, LbMetrics
+from lb.plan import Applied, Plan, for_reload, plan
+from lb.process import Ensured, HAProxyError, HAProxyProcess, ReloadResult
 from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 from lb.settings import LbSettings
+from lb.status import write_status
 from lb.templates_watch import TemplateWatch
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "haproxy.cfg.j2"
-IDLE_CYCLE = 0.5
+ALIVE_EVERY = 1.0  # is HAProxy there, and still the one we know?
+DRAIN_POLL = 0.5  # sessions of draining servers
+PORT_RETRY = 5.0  # is a port another process held free again?
+FIRST_SYNC_WAIT = 5.0  # no config yet: wait this long for etcd before starting empty
 
 
 class Controller:
@@ -48,44 +58,70 @@ class Controller:
         self,
         settings: LbSettings,
         session: EtcdSession,
-        haproxy: process.SpawnedHAProxy | process.ExternalHAProxy,
+        haproxy: HAProxyProcess,
         metrics: LbMetrics,
         stop: Stopper,
         *,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.s = settings
         self.session = session
         self.haproxy = haproxy
+        self.files = HAProxyFiles(settings.haproxy_dir, settings.haproxy_socket)
+        self.installer = Installer(self.files, settings.haproxy_bin)
         self.runtime = RuntimeClient(settings.admin_socket)
         self.metrics = metrics
         self.stop = stop
         self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.wake = threading.Event()
-        stop.link(self.wake)
         self.mirrors = [
             PrefixMirror(
                 session.fork(),
                 settings.layout.listen_key(p),
                 on_change=self._changed,
                 metrics=metrics,
+                track_changes=True,
             )
             for p in settings.listen_path
         ]
-        self.gate = ReloadGate(settings.reload_min_interval)
+        self.catalog = Catalog(
+            settings.layout,
+            settings.listen_path,
+            domain=settings.dns_domain,
+            http=settings.http_bind is not None,
+            tcp=settings.tcp_bind_addr is not None,
+            reserved_ports=settings.reserved_ports,
+        )
         self.guard = MassRemovalGuard(window=float(settings.ttl), grace=settings.mass_removal_grace)
-        self.timers = settings.timers
         self.rejects = RejectLog(metrics)
-        self.ctx = settings.render_context()
-        self.applied = Applied()
-        self.changed_at: float | None = None
-        self.force_reload: str | None = None
-        self.excluded_ports: set[int] = set()
-        self.failed_config: str | None = None
-        self.template_digest = ""
         self.templates = TemplateWatch(settings.template_dir, self.wake)
-        self._reported: dict[str, str] = {}
-        self._derived: tuple[object, Desired] | None = None
+        self.ctx = settings.render_context()
+        # What HAProxy runs, as far as the lb knows, and what it must still look at.
+        self.applied = Applied()
+        self.touched: set[str] = set()  # backends to plan in the next cycle
+        self.full = False  # plan every backend next (start, relist, reconcile)
+        self.pending: set[str] = set()  # backends waiting for a reload
+        self.watch: dict[str, float] = {}  # backend -> when to look at it again
+        self.forced: set[str] = set()  # reload reasons from outside the plan
+        self.diverged = False  # a runtime command failed: HAProxy's state is unknown
+        # The layout and reasons of a reload whose config was refused (``haproxy -c``, the
+        # fd budget, the template): not tried again until one of them changes.
+        self.refused: tuple[frozenset[str], frozenset[str]] | None = None
+        self.planned: set[str] = set()
+        self.gate = Gate(settings.reload_min_interval)
+        self.excluded_ports: set[int] = set()
+        self.problems: dict[str, tuple[Problem, ...]] = {}
+        self.changed_at: float | None = None
+        self.template_digest = ""
+        self.identity: object = None
+        self.budget = budget.Budget(None, settings.maxconn or budget.MAXCONN_AUTO, {}, 0)
+        now = clock()
+        self.next_alive = now
+        self.next_reconcile = now + self._jitter(settings.reconcile_interval)
+        self.next_port_retry = now + PORT_RETRY
+        self.started_at = now
         self.frontend: LeaseKeeper | None = None
         if settings.http_bind is not None and settings.advertise_ip is not None:
             self.frontend = LeaseKeeper(
@@ -97,7 +133,7 @@ class Controller:
                 name="frontend",
             )
 
-    # --- the loop ---------------------------------------------------------------
+    # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
         threads = [
@@ -108,34 +144,93 @@ class Controller:
         ]
         for thread in threads:
             thread.start()
-        self.template_digest = self._digest()
+        self.template_digest = self.templates.digest()
         self.templates.start()
         self._start()
-        while not self.stop.is_set():
-            try:
-                timeout = self.cycle()
-            except Exception:
-                log.exception("[lb] unexpected error, please report it as a bug")
-                timeout = 1.0
-            self.wake.wait(timeout)
-            self.wake.clear()
+        run_loop("lb", self.cycle, stop=self.stop, wake=self.wake, metrics=self.metrics)
         self.templates.stop()
         self._shutdown()
         for thread in threads:
             thread.join(2)
         return 0
 
-    def cycle(self) -> float:
+    def cycle(self) -> Turn:
         now = self.clock()
         self._tick_frontend()
-        if not self.haproxy.alive():
-            self._restart_haproxy()
-            return IDLE_CYCLE
+        self._take_changes(now)
+        if now >= self.next_alive:
+            self._check_haproxy(now)
         self._check_template()
         if not all(m.synced for m in self.mirrors):
-            return IDLE_CYCLE
-        desired = self.guard.filter(self._desired(), now)
-        self.metrics.held.set(self.guard.held_count)
+            return Turn(self._next(now), "waiting for the first list from etcd")
+        if now >= self.next_reconcile:
+            self._reconcile(now)
+        if self.excluded_ports and now >= self.next_port_retry:
+            self._retry_ports(now)
+        names = self._due(now)
+        if not names and not self.full and not self.forced:
+            return Turn(self._next(now), "")
+        p = self._plan(names, now)
+        decision = decide(
+            p,
+            now=now,
+            forced=self.forced,
+            gate=self.gate,
+            diverged=self.diverged,
+            refused=self.refused == (p.layout, frozenset(self.forced)),
+        )
+        self._act(decision, p, now)
+        return Turn(min(self._next(now), max(0.01, decision.wait)), decision.account)
+
+    # --- what changed ----------------------------------------------------------------------
+
+    def _take_changes(self, now: float) -> None:
+        """Apply what the mirrors saw to the catalog: only the keys they name."""
+        for mirror in self.mirrors:
+            changes = mirror.take_changes()
+            if changes.relisted:
+                prefix = mirror.prefix
+                held = {k for k in self.catalog.held_keys() if k.startswith(prefix)}
+                for key in held - set(changes.items):
+                    self._put(key, None)
+                self.full = True
+            for key, kv in changes.items.items():
+                self._put(key, kv)
+        valid, invalid = self.catalog.counts
+        self.metrics.records.labels("valid").set(valid)
+        self.metrics.records.labels("invalid").set(invalid)
+
+    def _put(self, key: str, kv: object) -> None:
+        touched, rejected = self.catalog.put(key, kv)  # type: ignore[arg-type]
+        if rejected is not None:
+            self.rejects.reject(rejected.key, rejected.mod_revision, rejected.error)
+        elif kv is None:
+            self.rejects.forget(key)
+        self.touched |= touched
+
+    def _due(self, now: float) -> set[str]:
+        """The backends to plan now: touched by a change, waiting for a reload, or whose
+        timer (a drain, a GC delay, a held server) is due."""
+        names = self.touched | self.pending
+        names |= {name for name, at in self.watch.items() if at <= now}
+        expiry = self.guard.next_expiry()
+        if expiry is not None and expiry <= now:
+            names |= self.guard.settle(now)
+        self.touched = set()
+        return names
+
+    def _desired(self, names: set[str], now: float) -> dict[str, Service]:
+        """The services ``names`` should be, with the mass-removal guard's held servers;
+        ``names`` grows by the services whose held servers changed."""
+        raw: dict[str, Service | None] = {}
+        for name in names:
+            service, problems = self.catalog.service(name, self._bound)
+            self._report_problems(name, tuple(problems))
+            self.guard.record(name, service, now)
+            raw[name] = service
+        for name in self.guard.settle(now) - names:
+            names.add(name)
+            raw[name] = self.catalog.service(name, self._bound)[0]
         if self.guard.newly_held:
             log.warning(
                 "[guard] %d servers vanished at once (an etcd freeze?); keeping them for "
@@ -145,90 +240,59 @@ class Controller:
                 " ".join(f"{b}/{i}" for b, i in self.guard.newly_held),
                 extra={"reason": "mass_removal"},
             )
+        self.metrics.held.set(self.guard.held_count)
+        desired = {}
+        for name, service in raw.items():
+            kept = self.guard.apply(name, service)
+            if kept is not None:
+                desired[name] = kept
+        return desired
+
+    def _bound(self, port: int) -> str | None:
+        """The listen that binds ``port`` in the running HAProxy."""
+        for backend in self.applied.backends.values():
+            if backend.mode == "tcp" and backend.port == port:
+                return backend.name
+        return None
+
+    # --- planning and acting -----------------------------------------------------------------
+
+    def _plan(self, names: set[str], now: float) -> Plan:
+        if self.full:
+            names = self.catalog.names() | set(self.applied.backends)
+        desired = self._desired(names, now)
+        names |= set(desired)
+        sessions = state.draining_sessions(self.applied, self.runtime, names)
         p = plan(
             desired,
             self.applied,
             now=now,
-            timers=self.timers,
+            timers=self.s.timers,
             map_path=self.s.map_path,
-            sessions=state.draining_sessions(self.applied, self.runtime),
+            sessions=sessions,
+            names=None if self.full else names,
+            dynamic_room=self._room(),
         )
-        reason = p.reload or self.force_reload
-        if reason is not None:
-            self.gate.request(reason)
-            wait = self.gate.wait(now)
-            if wait <= 0:
-                reasons = self.gate.take(now)
-                if self._reload(p.target, reasons[0], reasons):
-                    self.force_reload = None
-                    self._converged()
-                    self._report()
-                    return IDLE_CYCLE
-                if self.force_reload == "template_changed":
-                    # The edited template is refused; the running config stays, and so
-                    # does the lb's: the next edit is looked at again.
-                    self.force_reload = None
-            # The reload waits or failed: changes of the running backends go on (unless
-            # HAProxy diverged from what we believe it runs: then only a reload helps).
-            diverged = self.force_reload == "runtime_failed"
-            if p.interim and p.interim_target is not None and not diverged:
-                self._apply(p.interim, p.interim_target)
-            self._report()
-            return min(max(wait, 0.05), IDLE_CYCLE)
-        if p.commands:
-            self._apply(p.commands, p.target)
-        else:
-            self.applied = p.target
-            self._converged()
-        self._report()
-        return IDLE_CYCLE
+        self.planned = set(names) if not self.full else set(desired) | set(self.applied.backends)
+        return p
 
-    # --- desired state ---------------------------------------------------------------
+    def _room(self) -> int:
+        return max(0, self.budget.room - self.applied.dynamic_count())
 
-    def _desired(self) -> Desired:
-        """Desired state from the mirrors' snapshots; derived again only when a snapshot
-        moved on (the idle cycle would otherwise parse every record twice a second)."""
-        snapshots = [m.snapshot() for m in self.mirrors]
-        self._retry_excluded_ports()
-        key = (tuple(snap.revision for snap in snapshots), frozenset(self.excluded_ports))
-        if self._derived is not None and self._derived[0] == key:
-            return self._derived[1]
-        items: dict[str, KV] = {}
-        for snap in snapshots:
-            items.update(snap.items)
-        desired, rejected = from_snapshot(
-            items.values(),
-            self.s.layout,
-            self.s.listen_path,
-            domain=self.s.dns_domain,
-            http=self.s.http_bind is not None,
-            tcp=self.s.tcp_bind_addr is not None,
-            excluded_ports=frozenset(self.excluded_ports),
-        )
-        for bad in rejected:
-            self.rejects.reject(bad.key, bad.mod_revision, bad.error)
-        self.rejects.forget_missing(items)
-        self.metrics.records.labels("valid").set(len(items) - len(rejected))
-        self.metrics.records.labels("invalid").set(len(rejected))
-        for problem in desired.problems:
-            if self._reported.get(problem.key) != problem.detail:
-                self._reported[problem.key] = problem.detail
-                log.warning(
-                    "[lb] %s %s: %s",
-                    problem.kind,
-                    problem.key,
-                    problem.detail,
-                    extra={"key": problem.key, "reason": problem.kind},
-                )
-        kinds = [p.kind for p in desired.problems]
-        for kind in ("port_clash", "port_mismatch"):
-            self.metrics.problems.labels(kind).set(kinds.count(kind))
-        self._derived = (key, desired)
-        return desired
+    def _act(self, decision: Decision, p: Plan, now: float) -> None:
+        if decision.action == "reload":
+            assert decision.target is not None
+            self._reload(decision.target, decision.reasons, now, p.layout)
+            return
+        if decision.commands:
+            assert decision.target is not None
+            self._apply(decision.commands, decision.target, now)
+        elif decision.action == "idle" and decision.target is not None:
+            self._settled(decision.target, now)
+        if decision.action == "wait":
+            self.pending |= set(p.layout)
 
-    # --- applying ------------------------------------------------------------------------
-
-    def _apply(self, commands: tuple[str, ...], target: Applied) -> None:
+    def _apply(self, commands: tuple[str, ...], target: Applied, now: float) -> None:
         try:
             self.runtime.execute(list(commands))
         except (RuntimeCommandError, ValueError) as exc:
@@ -238,194 +302,380 @@ class Controller:
                 exc,
                 extra={"reason": "runtime_failed", **_subject(getattr(exc, "command", ""))},
             )
-            self.force_reload = "runtime_failed"
-            self.wake.set()
+            self._diverge()
             return
         except RuntimeUnavailable as exc:
             # It may have failed part-way through a batch: HAProxy's state is unknown.
             log.warning("[runtime] admin socket unavailable (%s); reloading", exc)
-            self.force_reload = "runtime_failed"
+            self._diverge()
             return
         self.metrics.runtime_commands.labels("ok").inc(len(commands))
         for command in commands:
             log.info("[runtime] %s", command, extra=_subject(command))
+        self._settled(target, now)
+
+    def _diverge(self) -> None:
+        self.diverged = True
+        self.forced.add("runtime_failed")
+        self.full = True
+        self.wake.set()
+
+    def _settled(self, target: Applied, now: float) -> None:
+        """HAProxy runs ``target``: remember it, and when to look at what still moves."""
+        names = self.planned
         self.applied = target
+        self.full = False
+        for name in names:
+            self._watch_backend(name, now)
         self._converged()
+        self._report(names)
 
-    def _converged(self) -> None:
-        if self.changed_at is not None:
-            self.metrics.convergence.observe(max(0.0, self.clock() - self.changed_at))
-            self.changed_at = None
+    def _watch_backend(self, name: str, now: float) -> None:
+        table = self.applied.slots.get(name)
+        at = math.inf
+        if table is not None:
+            if any(s.state == "drain" or (s.dynamic and s.free) for s in table):
+                at = now + DRAIN_POLL
+            since = self.applied.empty_since.get(name)
+            if since is not None:
+                at = min(at, since + self.s.backend_gc_after)
+        if at == math.inf:
+            self.watch.pop(name, None)
+        else:
+            self.watch[name] = at
 
-    def _reload(self, target: Applied, reason: str, reasons: list[str]) -> bool:
-        """Render, check, install and reload; ``False`` leaves the running config alone."""
-        text = render_config(self._template(), target, self.ctx, TEMPLATE)
-        if text == self.failed_config:
-            return False  # the same config failed its check already
-        cfg, map_path = Path(self.s.cfg_path), Path(self.s.map_path)
-        staged_cfg, staged_map = (
-            cfg.with_name(cfg.name + ".new"),
-            map_path.with_name(map_path.name + ".new"),
-        )
-        staged_cfg.write_text(text)
-        staged_map.write_text(render_map(target))
-        if not map_path.exists():  # `haproxy -c` opens the map the config names
-            map_path.write_text("")
-        check = process.check_config(self.s.haproxy_bin, str(staged_cfg))
+    # --- reloads ---------------------------------------------------------------------------
+
+    def _reload(
+        self, target: Applied, reasons: tuple[str, ...], now: float, layout: frozenset[str]
+    ) -> None:
+        """Fit the fd budget, render, check, install, reload (``lb/install.py``)."""
+        self.pending |= layout
+        reason = reasons[0]
+        target = for_reload(target, self.s.slots)
+        fitted = self._fit(target)
+        if fitted is None:
+            self._refuse(reasons, "over the fd budget: " + self.budget.account(), now)
+            return
+        target = fitted
+        try:
+            template = (Path(self.s.template_dir) / TEMPLATE).read_text()
+            text = render_config(template, target, self.ctx, TEMPLATE, maxconn=self.budget.maxconn)
+        except Exception as exc:  # a template error is the operator's, and is reported
+            self._refuse(reasons, f"template {TEMPLATE} does not render: {exc}", now)
+            return
+        candidate = Candidate(text, render_map(target), state.layout_text(target, self.budget))
+        check = self.installer.check(candidate)
         if not check.ok:
-            self.failed_config = text
             self.metrics.config_check_failures.inc()
-            self.metrics.reloads.labels(reason, "failed").inc()
-            log.error(
-                "[reload] config check failed (%s); the running config stays: %s",
-                reason,
-                check.message.strip(),
-                extra={"reason": reason},
-            )
-            return False
-        previous = cfg.read_text() if cfg.exists() else None
-        os.replace(staged_map, map_path)
-        os.replace(staged_cfg, cfg)
+            self._refuse(reasons, f"config check failed: {check.message.strip()}", now)
+            return
+        installed = self.installer.commit(candidate)
         result = self.haproxy.reload()
-        if not result.ok:
-            self.metrics.reloads.labels(reason, "failed").inc()
-            log.error(
-                "[reload] HAProxy refused the reload (%s): %s",
-                reason,
-                result.detail,
-                extra={"reason": reason},
-            )
-            if previous is not None:
-                cfg.write_text(previous)
-            self._exclude_unbindable(target)
-            self.wake.set()
-            return False
-        self.failed_config = None
+        if result.ok:
+            self.installer.settle()
+            self._reloaded(target, reasons, now, result)
+            return
+        self.metrics.reloads.labels(reason, "failed").inc()
+        if result.unknown:
+            # It may have loaded: look again soon instead of rolling back blindly.
+            log.error("[reload] outcome unknown (%s): %s", reason, result.detail)
+            self.next_reconcile = now
+            self.gate = self.gate.failed(now)
+        else:
+            self.installer.rollback(installed)
+            self._blame(target, result, now)
+        write_status(self.files.status, reasons, result.ok, result.detail, result.alerts)
+        self.metrics.reload_retry.set(max(0.0, self.gate.retry_at - now))
+        self.wake.set()
+
+    def _fit(self, target: Applied) -> Applied | None:
+        limit = self._fd_limit()
+        live = {n: sum(1 for s in t if s.state == "ready") for n, t in target.slots.items()}
+        wanted = {n: len(t) for n, t in target.slots.items()}
+        binds = len(self.ctx.binds()) + sum(1 for b in target.backends.values() if b.mode == "tcp")
+        fitted = budget.fit(live, wanted, limit=limit, maxconn=self.s.maxconn, binds=binds)
+        self.budget = fitted
+        self.metrics.fd.labels("limit").set(limit or 0)
+        self.metrics.fd.labels("need").set(fitted.need)
+        self.metrics.over_budget.set(0 if fitted.fits else 1)
+        self.metrics.budget_cut.labels("spare_slots").set(fitted.spare_cut)
+        self.metrics.budget_cut.labels("maxconn").set(fitted.maxconn_cut)
+        if not fitted.fits:
+            return None
+        if fitted.spare_cut or fitted.maxconn_cut:
+            log.warning("[reload] %s", fitted.account(), extra={"reason": "fd_budget"})
+        slots = {
+            n: t[: fitted.slots[n]] if len(t) > fitted.slots[n] else t
+            for n, t in target.slots.items()
+        }
+        backends = {n: replace(b, slots=len(slots[n])) for n, b in target.backends.items()}
+        return Applied(backends, slots, target.hosts, target.empty_since)
+
+    def _fd_limit(self) -> int | None:
+        """The hard open-file limit HAProxy runs with: its own when it is visible, else
+        ours (the lb starts it, so it inherits ours)."""
+        pid = self.haproxy.identity()
+        if isinstance(pid, tuple) and pid and isinstance(pid[0], int) and pid[0] > 0:
+            limit = procfs.hard_nofile_limit(pid[0])
+            if limit is not None:
+                return limit
+        return procfs.hard_nofile_limit()
+
+    def _reloaded(
+        self, target: Applied, reasons: tuple[str, ...], now: float, result: ReloadResult
+    ) -> None:
         changed = sorted(
             name
             for name in set(target.backends) | set(self.applied.backends)
             if target.backends.get(name) != self.applied.backends.get(name)
         )
-        self.applied = target
-        state.save_layout(self.s.haproxy_dir, target)
-        self.metrics.reloads.labels(reason, "ok").inc()
+        self.gate = self.gate.reloaded(now)
+        self.forced.clear()
+        self.diverged = False
+        self.refused = None
+        self.pending.clear()
+        self.identity = None  # a new worker: its identity is taken at the next look
+        self.planned = set(target.backends) | set(self.watch)
+        self._settled(target, now)
+        for reason in reasons:
+            self.metrics.reloads.labels(reason, "ok").inc()
         self.metrics.last_reload.set(time.time())
+        self.metrics.maxconn.set(self.budget.maxconn)
+        self.metrics.reload_retry.set(0)
+        self.metrics.dynamic_servers.set(0)
+        write_status(self.files.status, reasons, True, result.detail, ())
         log.info(
             "[reload] reloaded (%s): %s",
             ", ".join(reasons),
             " ".join(changed) or "-",
-            extra={"reason": reason, "backends": changed},
+            extra={"reason": reasons[0], "backends": changed},
         )
-        return True
 
-    def _template(self) -> str:
-        return (Path(self.s.template_dir) / TEMPLATE).read_text()
+    def _refuse(self, reasons: tuple[str, ...], why: str, now: float) -> None:
+        """The config cannot be installed: the running one stays; not tried again until
+        the layout, the reasons or the template change. A HAProxy that diverged from what
+        the lb believes (a failed runtime command) is read back instead, so that runtime
+        changes go on."""
+        self.metrics.reloads.labels(reasons[0], "failed").inc()
+        log.error("[reload] %s (%s); the running config stays", why, ", ".join(reasons))
+        write_status(self.files.status, reasons, False, why, ())
+        self.gate = self.gate.attributed(now)
+        if self.diverged and self._read_back(adopting=False):
+            self.diverged = False
+            self.forced.discard("runtime_failed")
+        self.refused = (frozenset(self.pending), frozenset(self.forced))
 
-    def _digest(self) -> str:
-        try:
-            return hashlib.sha256(self._template().encode()).hexdigest()
-        except OSError:
-            return ""
-
-    def _check_template(self) -> None:
-        """A template edited on disk (watchdog woke us) is re-rendered, checked and
-        reloaded; one that fails the check is refused and the running config stays."""
-        if not self.templates.take():
-            return
-        digest = self._digest()
-        if digest and digest != self.template_digest:
-            log.info("[reload] template %s changed", TEMPLATE, extra={"reason": "template_changed"})
-            self.force_reload = self.force_reload or "template_changed"
-            self.template_digest = digest
-
-    # --- TCP ports another process holds (haproxy -c passes, the reload fails) --------
-
-    def _exclude_unbindable(self, target: Applied) -> None:
+    def _blame(self, target: Applied, result: ReloadResult, now: float) -> None:
+        """HAProxy rejected a config that passed ``haproxy -c``: leave out the part at
+        fault (a listen HAProxy names, a TCP port it could not bind), or back off."""
+        named = haproxylog.proxies_named(list(result.alerts)) & set(target.backends)
+        ports = {target.backends[n].port for n in named if target.backends[n].mode == "tcp"}
         for backend in target.backends.values():
             old = self.applied.backends.get(backend.name)
             new_port = backend.mode == "tcp" and (old is None or old.port != backend.port)
             if new_port and not _bindable(self.s.tcp_bind_addr or "127.0.0.1", backend.port):
-                log.error(
-                    "[reload] port %d of %s is held by another process; leaving it out",
-                    backend.port,
-                    backend.name,
-                    extra={"backend": backend.name, "reason": "port_in_use"},
-                )
-                self.excluded_ports.add(backend.port)
+                ports.add(backend.port)
+        ports -= self.excluded_ports
+        if not ports:
+            self.gate = self.gate.failed(now)
+            log.error(
+                "[reload] HAProxy rejected the reload and nothing could be blamed; "
+                "trying again in %.0f s: %s",
+                self.gate.retry_at - now,
+                result.detail,
+            )
+            return
+        for port in sorted(ports):
+            log.error(
+                "[reload] TCP port %d cannot be bound (held by another process, or not "
+                "allowed); leaving its listen out",
+                port,
+                extra={"reason": "port_in_use"},
+            )
+        self.excluded_ports |= ports
+        self.touched |= self.catalog.exclude_ports(frozenset(self.excluded_ports))
+        self.gate = self.gate.attributed(now)
 
-    def _retry_excluded_ports(self) -> None:
-        for port in list(self.excluded_ports):
-            if _bindable(self.s.tcp_bind_addr or "127.0.0.1", port):
-                self.excluded_ports.discard(port)
-
-    # --- HAProxy process ------------------------------------------------------------------
+    # --- HAProxy: start, adopt, restart, reconcile -------------------------------------------
 
     def _start(self) -> None:
-        process.prepare_directory(self.s.haproxy_dir)
-        if self.haproxy.adopt() and self._adopt():
+        prepare_directory(self.s.haproxy_dir)
+        if self.haproxy.adopt():
+            self._read_back(adopting=True)
             return
-        if isinstance(self.haproxy, process.SpawnedHAProxy) and not self.haproxy.alive():
-            self._cold_start("haproxy_restarted" if Path(self.s.cfg_path).exists() else None)
-
-    def _adopt(self) -> bool:
+        if not Path(self.files.cfg).exists():
+            self._first_config()
         try:
-            adopted = state.read_applied(
-                self.s.haproxy_dir,
+            if self.haproxy.ensure_running() is Ensured.STARTED:
+                log.info("[lb] HAProxy started from %s", self.files.cfg)
+        except HAProxyError as exc:
+            log.error("[lb] HAProxy failed to start: %s", exc)
+            return
+        self._read_back(adopting=True)
+
+    def _first_config(self) -> None:
+        """No config on disk yet: wait a moment for etcd, then install what it says (or
+        an empty config, to be reloaded once etcd answers)."""
+        deadline = self.clock() + FIRST_SYNC_WAIT
+        while not all(m.synced for m in self.mirrors) and self.clock() < deadline:
+            if self.stop.wait(0.05):
+                return
+        if all(m.synced for m in self.mirrors):
+            self._take_changes(self.clock())
+        desired = self.catalog.desired(self._bound)
+        target = for_reload(
+            plan(desired, Applied(), now=self.clock(), timers=self.s.timers, map_path="").target,
+            self.s.slots,
+        )
+        fitted = self._fit(target) or Applied()
+        template = (Path(self.s.template_dir) / TEMPLATE).read_text()
+        text = render_config(template, fitted, self.ctx, TEMPLATE, maxconn=self.budget.maxconn)
+        candidate = Candidate(text, render_map(fitted), state.layout_text(fitted, self.budget))
+        check = self.installer.check(candidate)
+        if not check.ok:
+            log.error("[lb] the first config fails its check: %s", check.message)
+            fitted = Applied()
+            text = render_config(template, fitted, self.ctx, TEMPLATE)
+            candidate = Candidate(text, "", state.layout_text(fitted))
+        self.installer.commit(candidate)
+        self.installer.settle()
+
+    def _read_back(self, *, adopting: bool) -> bool:
+        """Read what HAProxy runs; plan everything against it. ``False`` when the socket
+        cannot tell."""
+        try:
+            running = state.read_applied(
+                self.files.layout,
                 self.runtime,
                 self.s.adopt_map_path,
                 self.clock(),
+                known=None if adopting else self.applied,
             )
         except (RuntimeUnavailable, RuntimeCommandError) as exc:
-            log.warning("[lb] cannot read the running HAProxy (%s); not adopting it", exc)
+            log.warning("[lb] cannot read the running HAProxy back (%s)", exc)
             return False
-        if adopted is None:
+        self.identity = self.haproxy.identity()
+        self.budget = state.load_budget(self.files.layout) or self.budget
+        if running is None:
             log.info("[lb] the running HAProxy does not match its layout file; reloading")
-            return False
-        self.applied = adopted
-        log.info("[lb] adopted the running HAProxy (%d backends)", len(adopted.backends))
+            self.applied = Applied()
+        else:
+            if adopting:
+                log.info("[lb] adopted the running HAProxy (%d backends)", len(running.backends))
+            self.applied = running
+        self.full = True
         return True
 
-    def _cold_start(self, reason: str | None) -> None:
-        """(Re)start HAProxy from the state we believe it should run."""
-        Path(self.s.cfg_path).write_text(
-            render_config(self._template(), self.applied, self.ctx, TEMPLATE)
-        )
-        Path(self.s.map_path).write_text(render_map(self.applied))
-        assert isinstance(self.haproxy, process.SpawnedHAProxy)
-        self.haproxy.start()
-        state.save_layout(self.s.haproxy_dir, self.applied)
-        if reason is not None:
-            self.metrics.reloads.labels(reason, "ok").inc()
-        log.info("[lb] HAProxy started")
-
-    def _restart_haproxy(self) -> None:
-        if not isinstance(self.haproxy, process.SpawnedHAProxy):
-            log.warning("[lb] the external HAProxy does not answer on %s", self.s.admin_socket)
-            return
-        log.error("[lb] HAProxy is gone; starting it again with the current state")
-        # Draining slots restart disabled: the connections they drained died with HAProxy.
-        slots = {
-            n: tuple(
-                s if s.state != "drain" else replace(s, state="maint", instance=None) for s in t
-            )
-            for n, t in self.applied.slots.items()
-        }
-        self.applied = replace(self.applied, slots=slots)
+    def _check_haproxy(self, now: float) -> None:
+        """Restart a HAProxy that died (from the last good config) and notice one that an
+        outside supervisor restarted; either way, apply the state again."""
+        self.next_alive = now + ALIVE_EVERY
         try:
-            self._cold_start("haproxy_restarted")
-        except Exception:
+            ensured = self.haproxy.ensure_running()
+        except HAProxyError as exc:
             self.metrics.reloads.labels("haproxy_restarted", "failed").inc()
-            log.exception("[lb] HAProxy failed to start")
+            log.error("[lb] HAProxy is gone and does not start again: %s", exc)
+            return
+        if ensured is Ensured.ABSENT:
+            if self.identity is not None:
+                log.warning("[lb] HAProxy does not answer on %s", self.files.admin_socket)
+                self.identity = None
+            return
+        identity = self.haproxy.identity()
+        if ensured is not Ensured.STARTED and self.identity is None:
+            self.identity = identity  # after our own start or reload
+            return
+        if ensured is Ensured.STARTED or identity != self.identity:
+            log.error(
+                "[lb] HAProxy was restarted (%s); applying the state again",
+                "by the lb, from the last good config"
+                if ensured is Ensured.STARTED
+                else "by someone else",
+                extra={"reason": "haproxy_restarted"},
+            )
+            self.metrics.reloads.labels("haproxy_restarted", "ok").inc()
+            self._read_back(adopting=True)
+
+    def _reconcile(self, now: float) -> None:
+        """Derive everything again and read HAProxy back; repair what drifted."""
+        self.next_reconcile = now + self._jitter(self.s.reconcile_interval)
+        for mirror in self.mirrors:
+            snapshot = mirror.snapshot()
+            held = {k for k in self.catalog.held_keys() if k.startswith(mirror.prefix)}
+            for key in held - set(snapshot.items):
+                self._put(key, None)
+            for key, kv in snapshot.items.items():
+                self._put(key, kv)
+        try:
+            running = state.read_applied(
+                self.files.layout, self.runtime, self.s.adopt_map_path, now, known=self.applied
+            )
+        except (RuntimeUnavailable, RuntimeCommandError) as exc:
+            log.warning("[reconcile] cannot read HAProxy back: %s", exc)
+            return
+        if running is None:
+            log.error("[reconcile] HAProxy does not run the installed layout; reloading")
+            self.forced.add("reconcile")
+            self.applied = Applied(slots={}, hosts=self.applied.hosts)
+            self.full = True
+            self.metrics.reconciles.labels("repaired").inc()
+            return
+        drifted = state.drift(self.applied, running)
+        if drifted:
+            log.warning(
+                "[reconcile] HAProxy differs from what the lb applied in %d backends (%s); "
+                "repairing",
+                len(drifted),
+                " ".join(drifted[:10]),
+            )
+            self.applied = running
+            self.full = True
+            self.metrics.reconciles.labels("repaired").inc()
+        else:
+            self.metrics.reconciles.labels("clean").inc()
+
+    def _retry_ports(self, now: float) -> None:
+        self.next_port_retry = now + PORT_RETRY
+        free = {p for p in self.excluded_ports if _bindable(self.s.tcp_bind_addr or "", p)}
+        if free:
+            self.excluded_ports -= free
+            self.touched |= self.catalog.exclude_ports(frozenset(self.excluded_ports))
+
+    def _check_template(self) -> None:
+        """A template edited on disk (watchdog woke us) is rendered, checked and reloaded;
+        one that fails the check is refused and the running config stays."""
+        if not self.templates.take():
+            return
+        digest = self.templates.digest()
+        if digest and digest != self.template_digest:
+            log.info("[reload] template %s changed", TEMPLATE, extra={"reason": "template_changed"})
+            self.forced.add("template_changed")
+            self.refused = None
+            self.template_digest = digest
 
     def _shutdown(self) -> None:
         if self.frontend is not None:
             with contextlib.suppress(EtcdUnavailable):
                 self.frontend.revoke()
-        if isinstance(self.haproxy, process.SpawnedHAProxy):
-            log.info("[lb] stopping HAProxy softly")
-            self.haproxy.stop(soft=True)
+        self.haproxy.shutdown()
 
-    # --- /frontends and metrics ----------------------------------------------------------
+    # --- timers, /frontends and metrics --------------------------------------------------------
+
+    def _next(self, now: float) -> float:
+        """Seconds until the next timer of any kind."""
+        times = [self.next_alive, self.next_reconcile, *self.watch.values()]
+        expiry = self.guard.next_expiry()
+        if expiry is not None:
+            times.append(expiry)
+        if self.excluded_ports:
+            times.append(self.next_port_retry)
+        if self.frontend is not None:
+            times.append(now + self.s.ttl / 3)
+        return max(0.01, min(times) - now)
+
+    def _jitter(self, interval: float) -> float:
+        return interval * (0.8 + 0.4 * self.rng.random())
 
     def _write_frontend(self, lease_id: int) -> None:
         assert self.s.advertise_ip is not None
@@ -447,21 +697,56 @@ class Controller:
             self.changed_at = self.clock()
         self.wake.set()
 
-    def _report(self) -> None:
-        self.metrics.slots.clear()
-        drains = 0
-        for name, table in self.applied.slots.items():
-            used = sum(1 for s in table if not s.free)
-            drains += sum(1 for s in table if s.state == "drain")
+    def _converged(self) -> None:
+        if self.changed_at is not None:
+            self.metrics.convergence.observe(max(0.0, self.clock() - self.changed_at))
+            self.changed_at = None
+
+    def _report_problems(self, name: str, problems: tuple[Problem, ...]) -> None:
+        """Log a backend's problems when they change (a problem that goes and comes back
+        is logged again), and keep the per-kind gauge."""
+        before = self.problems.get(name, ())
+        if problems == before:
+            return
+        for problem in problems:
+            if problem not in before:
+                log.warning(
+                    "[lb] %s %s: %s",
+                    problem.kind,
+                    problem.key,
+                    problem.detail,
+                    extra={"key": problem.key, "reason": problem.kind},
+                )
+        if problems:
+            self.problems[name] = problems
+        else:
+            self.problems.pop(name, None)
+        kinds = [p.kind for found in self.problems.values() for p in found]
+        for kind in PROBLEMS:
+            self.metrics.problems.labels(kind).set(kinds.count(kind))
+
+    def _report(self, names: Collection[str]) -> None:
+        for name in names:
+            table = self.applied.slots.get(name)
+            if table is None:
+                with contextlib.suppress(KeyError):
+                    self.metrics.slots.remove(name, "used")
+                    self.metrics.slots.remove(name, "free")
+                continue
+            used = sum(1 for s in table if s.live)
             self.metrics.slots.labels(name, "used").set(used)
-            self.metrics.slots.labels(name, "free").set(len(table) - used)
+            self.metrics.slots.labels(name, "free").set(sum(1 for s in table if s.free))
+        drains = sum(
+            1 for name in self.watch for s in self.applied.slots.get(name, ()) if s.state == "drain"
+        )
         self.metrics.drains.set(drains)
+        self.metrics.dynamic_servers.set(self.applied.dynamic_count())
 
 
 def _subject(command: str) -> dict[str, str]:
     """The backend and server a runtime command is about, for structured logs."""
     words = command.split()
-    if words[:2] == ["set", "server"] and len(words) > 2:
+    if words[:2] in (["set", "server"], ["add", "server"], ["del", "server"]) and len(words) > 2:
         backend, _, server = words[2].partition("/")
         return {"backend": backend, "server": server, "command": command}
     if len(words) > 3 and words[1] == "map":
@@ -470,11 +755,13 @@ def _subject(command: str) -> dict[str, str]:
 
 
 def _bindable(host: str, port: int) -> bool:
+    """Whether this process could bind ``port``: not held by another process, and
+    allowed (a port below 1024 needs privileges)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock.bind((host or "127.0.0.1", port))
         except OSError as exc:
-            return exc.errno != errno.EADDRINUSE
+            return exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EPERM)
     return True

@@ -97,9 +97,19 @@ def parse_records(
 
 
 def desired_state(
-    records: Iterable[tuple[KV, ServiceRecord]], *, domain: str, http: bool, tcp: bool
+    records: Iterable[tuple[KV, ServiceRecord]],
+    *,
+    domain: str,
+    http: bool,
+    tcp: bool,
+    reserved_ports: frozenset[int] = frozenset(),
+    bound: Mapping[int, str] | None = None,
 ) -> Desired:
-    """Group records by service path; settle TCP port ownership (SPEC §6)."""
+    """Group records by service path; settle TCP port ownership (SPEC §6, §9).
+
+    ``reserved_ports`` are the ports the lb binds itself (no TCP service gets them, on any
+    address); ``bound`` says which listen binds each TCP port in the running HAProxy (its
+    owner keeps the port while it has instances)."""
     by_path: dict[tuple[ServicePath, str], list[tuple[KV, ServiceRecord]]] = {}
     for kv, record in records:
         mode = record.announce.type.lower()
@@ -108,56 +118,92 @@ def desired_state(
     services: dict[str, Service] = {}
     problems: list[Problem] = []
     for (path, mode), entries in sorted(by_path.items(), key=lambda item: item[0][0].text):
-        entries.sort(key=lambda e: (e[0].create_revision, e[0].key))
-        name = backend_name(path, mode)
-        created = entries[0][0].create_revision
-        if mode == "http":
-            instances = sorted({_instance(r) for _, r in entries})
-            services[name] = Service(
-                name, mode, path, tuple(instances), host=path.dns_name(domain), created=created
-            )
-            continue
-        port = entries[0][1].announce.port
-        instances = []
-        for kv, record in entries:
-            if record.announce.port != port:
-                problems.append(
-                    Problem(
-                        "port_mismatch",
-                        kv.key,
-                        f"announces PORT {record.announce.port}, but {path.text} listens on {port}",
-                    )
-                )
-            else:
-                instances.append(_instance(record))
-        services[name] = Service(
-            name, mode, path, tuple(sorted(set(instances))), port=port, created=created
+        service, found = build_service(path, mode, entries, domain=domain)
+        services[service.name] = service
+        problems += found
+    claims: dict[int, list[Service]] = {}
+    for service in services.values():
+        if service.mode == "tcp":
+            claims.setdefault(service.port, []).append(service)
+    for port, claimants in claims.items():
+        owner, found = settle_port(
+            port, claimants, reserved=reserved_ports, bound=(bound or {}).get(port)
         )
-    return Desired(_settle_ports(services, problems), tuple(problems))
+        problems += found
+        for service in claimants:
+            if service is not owner:
+                del services[service.name]
+    return Desired(services, tuple(problems))
+
+
+def build_service(
+    path: ServicePath, mode: str, entries: Iterable[tuple[KV, ServiceRecord]], *, domain: str
+) -> tuple[Service, list[Problem]]:
+    """One backend (HTTP) or listen (TCP) from the records of its path, and what is reported
+    instead of configured (TCP instances announcing another ``PORT``). Pure."""
+    ordered = sorted(entries, key=lambda e: (e[0].create_revision, e[0].key))
+    name = backend_name(path, mode)
+    created = ordered[0][0].create_revision
+    if mode == "http":
+        instances = sorted({_instance(r) for _, r in ordered})
+        service = Service(
+            name, mode, path, tuple(instances), host=path.dns_name(domain), created=created
+        )
+        return service, []
+    port = ordered[0][1].announce.port
+    problems: list[Problem] = []
+    tcp_instances: list[Instance] = []
+    for kv, record in ordered:
+        if record.announce.port != port:
+            problems.append(
+                Problem(
+                    "port_mismatch",
+                    kv.key,
+                    f"announces PORT {record.announce.port}, but {path.text} listens on {port}",
+                )
+            )
+        else:
+            tcp_instances.append(_instance(record))
+    service = Service(
+        name, mode, path, tuple(sorted(set(tcp_instances))), port=port, created=created
+    )
+    return service, problems
 
 
 def _instance(record: ServiceRecord) -> Instance:
     return Instance(record.id, record.ip, record.ext_port)
 
 
-def _settle_ports(services: dict[str, Service], problems: list[Problem]) -> dict[str, Service]:
-    """Two TCP services on one port: the first created keeps it (SPEC §6)."""
-    owners: dict[int, Service] = {}
-    for service in sorted(services.values(), key=lambda s: (s.created, s.name)):
-        if service.mode != "tcp":
-            continue
-        owner = owners.get(service.port)
-        if owner is None:
-            owners[service.port] = service
-        else:
-            problems.append(
-                Problem(
-                    "port_clash",
-                    service.path.text,
-                    f"port {service.port} is taken by {owner.path.text}",
-                )
+def settle_port(
+    port: int,
+    claimants: Iterable[Service],
+    *,
+    reserved: frozenset[int],
+    bound: str | None,
+) -> tuple[Service | None, list[Problem]]:
+    """Which of the TCP services announcing ``port`` gets it (SPEC §6, §9). Pure.
+
+    A port the lb binds itself goes to none of them. Otherwise the listen that binds the
+    port now keeps it while it has instances (a rolling replacement of its instances
+    changes their create revisions, not its ownership); else the service created first
+    (lowest create revision) takes it. Every other claimant is reported."""
+    ordered = sorted(claimants, key=lambda s: (s.created, s.name))
+    if port in reserved:
+        return None, [
+            Problem(
+                "port_reserved",
+                s.path.text,
+                f"port {port} is one the lb binds itself (HTTP, HTTPS or metrics)",
             )
-    return {name: s for name, s in services.items() if s.mode == "http" or owners.get(s.port) is s}
+            for s in ordered
+        ]
+    owner = next((s for s in ordered if s.name == bound), ordered[0] if ordered else None)
+    problems = [
+        Problem("port_clash", s.path.text, f"port {port} is taken by {owner.path.text}")
+        for s in ordered
+        if owner is not None and s is not owner
+    ]
+    return owner, problems
 
 
 def from_snapshot(
@@ -169,11 +215,15 @@ def from_snapshot(
     http: bool,
     tcp: bool,
     excluded_ports: frozenset[int] = frozenset(),
+    reserved_ports: frozenset[int] = frozenset(),
+    bound: Mapping[int, str] | None = None,
 ) -> tuple[Desired, list[Rejected]]:
     """The lb's whole derivation, shared by the daemon and ``haroute plan``: records under
     the listened prefixes → desired state (TCP services on ``excluded_ports`` left out)."""
     records, rejected = parse_records(items, layout, listen_paths)
-    desired = desired_state(records, domain=domain, http=http, tcp=tcp)
+    desired = desired_state(
+        records, domain=domain, http=http, tcp=tcp, reserved_ports=reserved_ports, bound=bound
+    )
     if excluded_ports:
         services = {
             n: s

@@ -15,7 +15,12 @@ REASONS = (
     "runtime_failed",
     "template_changed",
     "haproxy_restarted",
+    "config_changed",
+    "pool_refill",
+    "reconcile",
 )
+
+PROBLEMS = ("port_clash", "port_mismatch", "port_reserved")
 
 
 class LbMetrics(Metrics):
@@ -62,8 +67,48 @@ class LbMetrics(Metrics):
         self.problems = Gauge(
             "haroute_problems", "services reported instead of configured", ["kind"], registry=r
         )
+        for kind in PROBLEMS:
+            self.problems.labels(kind)
         self.held = Gauge(
             "haroute_mass_removal_held_servers",
             "servers kept by the mass-removal guard",
             registry=r,
         )
+        self.fd = Gauge(
+            "haroute_fd",
+            "file descriptors: the hard limit HAProxy runs with, and what its config needs",
+            ["kind"],
+            registry=r,
+        )
+        self.maxconn = Gauge("haroute_maxconn", "HAProxy's global maxconn as rendered", registry=r)
+        self.budget_cut = Gauge(
+            "haroute_budget_cut",
+            "what the fd budget cut from the last config: spare_slots, maxconn",
+            ["what"],
+            registry=r,
+        )
+        for what in ("spare_slots", "maxconn"):
+            self.budget_cut.labels(what)
+        self.over_budget = Gauge(
+            "haroute_config_over_budget",
+            "1 while the config the lb needs does not fit the fd limit (it is not installed)",
+            registry=r,
+        )
+        self.dynamic_servers = Gauge(
+            "haroute_dynamic_servers",
+            "servers added with add server since the last reload",
+            registry=r,
+        )
+        self.reload_retry = Gauge(
+            "haroute_reload_retry_seconds",
+            "back-off before the next try of a reload HAProxy rejected (0: none pending)",
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "haroute_reconciles_total",
+            "full read-backs of HAProxy's state, by outcome (clean|repaired)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("clean", "repaired"):
+            self.reconciles.labels(outcome)

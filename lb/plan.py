@@ -1,43 +1,73 @@
-"""Desired state + what HAProxy runs now → runtime commands, or a reload with a reason.
+"""Desired state + what HAProxy runs now → runtime commands, or a reload with its reasons.
 Pure: no I/O, the clock and the session counts are arguments (SPEC §6).
 
-Every backend has a fixed number of server *slots* ``s1..sN``. A new instance takes a
+Every backend has server *slots* ``s1..sN`` rendered in its config. A new instance takes a
 free slot (``set server B/sK addr IP port P``, then ``state ready``); a gone one drains
 (``state drain``), then is put in maintenance once it has no sessions or ``DRAIN_TIMEOUT``
 has passed, which frees its slot; a moved one (same ID, new address) is re-addressed in
-place. Only a change of *layout* needs a reload: a new service path, a backend out of
-slots (slots double), a backend empty for ``BACKEND_GC_AFTER``, a TCP port that changed.
+place. A backend out of free slots gets more with ``add server`` (dynamic servers, as many
+as the fd budget leaves room for); a dynamic slot that is free and idle is removed with
+``del server``; the next reload renders them all as ordinary slots. Only a change of
+*layout* needs a reload: a new service path, a TCP port that changed, a backend empty for
+``BACKEND_GC_AFTER``, or slots needed beyond the room for dynamic servers.
+
+The plan can be asked for a few backends only (``names``): an etcd event plans the
+backends it touched, and every other backend stays as HAProxy runs it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
-from lb.desired import Desired, Instance
+from lb.desired import Desired, Instance, Service
 
 FREE_ADDR = "127.0.0.1"
 FREE_PORT = 1
+#: What every server gets, rendered (``default-server`` in the template) and given to
+#: ``add server`` (dynamic servers ignore ``default-server``; FACTS.md).
+CHECK_OPTIONS = "inter 2s fall 2 rise 1"
+SERVER_OPTIONS = f"check {CHECK_OPTIONS}"
+
+#: The order in which a reload names its reason when it has several.
+REASON_ORDER = (
+    "new_backend",
+    "slots_exhausted",
+    "backend_removed",
+    "runtime_failed",
+    "template_changed",
+    "haproxy_restarted",
+    "config_changed",
+    "pool_refill",
+    "reconcile",
+)
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One server slot as HAProxy has it. ``instance`` is the instance ID it serves."""
+    """One server slot as HAProxy has it. ``instance`` is the instance ID it serves;
+    ``dynamic`` slots were added with ``add server`` (a ``gone`` one was deleted again and
+    its name is free)."""
 
     addr: str = FREE_ADDR
     port: int = FREE_PORT
-    state: str = "maint"  # "ready" | "drain" | "maint"
+    state: str = "maint"  # "ready" | "drain" | "maint" | "gone"
     instance: str | None = None
     since: float = 0.0  # when it started draining
+    dynamic: bool = False
 
     @property
     def free(self) -> bool:
         return self.state == "maint"
 
+    @property
+    def live(self) -> bool:
+        return self.state in ("ready", "drain")
+
 
 @dataclass(frozen=True)
 class Backend:
-    """One backend or listen of the running config."""
+    """One backend or listen of the running config; ``slots`` are the rendered ones."""
 
     name: str
     mode: str
@@ -48,12 +78,46 @@ class Backend:
 
 @dataclass(frozen=True)
 class Applied:
-    """What HAProxy runs: the layout of its config, its slots, its Host map."""
+    """What HAProxy runs: the layout of its config, its slots (rendered ones first, then
+    dynamic ones), its Host map, and since when each empty backend has been empty."""
 
     backends: Mapping[str, Backend] = field(default_factory=dict)
     slots: Mapping[str, tuple[Slot, ...]] = field(default_factory=dict)
     hosts: Mapping[str, str] = field(default_factory=dict)
     empty_since: Mapping[str, float] = field(default_factory=dict)
+
+    def dynamic_count(self) -> int:
+        """Dynamic servers HAProxy has now (they are outside the rendered fd budget)."""
+        return sum(
+            1 for table in self.slots.values() for s in table if s.dynamic and s.state != "gone"
+        )
+
+    def with_backends(
+        self,
+        changed: Mapping[str, tuple[Backend, tuple[Slot, ...], float | None] | None],
+        hosts: Mapping[str, str | None],
+    ) -> Applied:
+        """A copy with some backends replaced (``None``: removed) and Host entries set
+        (``None``: deleted). Costs a dict copy, not a walk over every slot."""
+        backends, slots = dict(self.backends), dict(self.slots)
+        empty, host_map = dict(self.empty_since), dict(self.hosts)
+        for name, entry in changed.items():
+            if entry is None:
+                backends.pop(name, None)
+                slots.pop(name, None)
+                empty.pop(name, None)
+                continue
+            backends[name], slots[name], since = entry
+            if since is None:
+                empty.pop(name, None)
+            else:
+                empty[name] = since
+        for host, backend in hosts.items():
+            if backend is None:
+                host_map.pop(host, None)
+            else:
+                host_map[host] = backend
+        return Applied(backends, slots, host_map, empty)
 
 
 @dataclass(frozen=True)
@@ -64,13 +128,16 @@ class Plan:
     ``interim`` are the commands that are valid on the *running* layout, and
     ``interim_target`` the state they lead to: what the lb applies while a reload has to
     wait (``RELOAD_MIN_INTERVAL``) or cannot happen (a template that fails its check), so
-    server changes of the existing backends never wait for a layout change."""
+    server changes of the existing backends never wait for a layout change.
+    ``layout`` names the backends whose change needs the reload."""
 
     target: Applied
     commands: tuple[str, ...] = ()
     reload: str | None = None
     interim: tuple[str, ...] = ()
     interim_target: Applied | None = None
+    reasons: tuple[str, ...] = ()
+    layout: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
@@ -84,104 +151,215 @@ class Timers:
     gc_after: float
 
 
+def wanted_slots(live: int, minimum: int) -> int:
+    """Slots a backend should have: a small headroom over its live servers (a quarter,
+    at least one), and at least ``SLOTS``. The fd budget may cut the headroom."""
+    return max(minimum, live + max(1, -(-live // 4)))
+
+
 def plan(
-    desired: Desired,
+    desired: Desired | Mapping[str, Service],
     applied: Applied,
     *,
     now: float,
     timers: Timers,
     map_path: str,
     sessions: Mapping[tuple[str, str], int] | None = None,
+    names: Collection[str] | None = None,
+    dynamic_room: int = 0,
 ) -> Plan:
+    """Plan ``names`` (every backend when ``None``): each one's desired service (absent
+    from ``desired``: none) against what ``applied`` says HAProxy runs. ``dynamic_room``
+    is how many servers may still be added with ``add server``."""
+    services = desired.services if isinstance(desired, Desired) else desired
     sessions = sessions or {}
+    full = names is None
+    todo = sorted(set(services) | set(applied.backends)) if names is None else sorted(names)
     reasons: list[str] = []
-    backends: dict[str, Backend] = {}
-    slots: dict[str, tuple[Slot, ...]] = {}
-    empty_since: dict[str, float] = {}
+    layout: set[str] = set()
+    changed: dict[str, tuple[Backend, tuple[Slot, ...], float | None] | None] = {}
+    interim_changed: dict[str, tuple[Backend, tuple[Slot, ...], float | None] | None] = {}
     commands: list[str] = []
     interim: list[str] = []
-    interim_slots: dict[str, tuple[Slot, ...]] = {}
+    room = dynamic_room
+    claimed = {s.port: n for n, s in services.items() if s.mode == "tcp"} if full else None
 
-    for name in sorted(set(desired.services) | set(applied.backends)):
-        service = desired.services.get(name)
+    for name in todo:
+        service = services.get(name)
         old = applied.backends.get(name)
-        current = applied.slots.get(name, ())
+        if service is None and old is None:
+            continue  # nothing wanted, nothing running (a service left out, say)
         instances = service.instances if service else ()
-        table, cmds = _assign(
-            name, current, instances, now=now, drain_timeout=timers.drain_timeout, sessions=sessions
+        table, cmds, room = _assign(
+            name,
+            applied.slots.get(name, ()),
+            instances,
+            now=now,
+            drain_timeout=timers.drain_timeout,
+            sessions=sessions,
+            room=room if old is not None else 0,
         )
         if old is not None:
             interim += cmds
-            interim_slots[name] = table
-        if service is None:
-            assert old is not None
-            since = applied.empty_since.get(name, now)
-            if any(not s.free for s in table) or now - since < timers.gc_after:
-                backends[name], slots[name], empty_since[name] = old, table, since
-                commands += cmds
-            else:
-                reasons.append("backend_removed")
-            continue
-        count = old.slots if old else timers.initial_slots
-        needed = sum(1 for s in table if not s.free) + _unplaced(table, instances)
-        while count < needed:
-            count *= 2
-        if old is None:
-            reasons.append("new_backend")
-        elif count > old.slots:
-            reasons.append("slots_exhausted")
-        elif old.port != service.port or old.host != service.host:
-            reasons.append("new_backend")
-        backends[name] = Backend(name, service.mode, count, service.host, service.port)
-        if old is None or count > old.slots:
-            table, cmds = _assign(
-                name,
-                _pad(table, count),
-                instances,
-                now=now,
-                drain_timeout=timers.drain_timeout,
-                sessions=sessions,
-            )
-        slots[name] = table
-        commands += cmds
-
-    hosts = {b.host: b.name for b in backends.values() if b.mode == "http" and b.host}
-    target = Applied(backends, slots, hosts, empty_since)
-    if reasons:
-        # A reload installs the whole target; draining slots start the new worker
-        # disabled (the old worker finishes their connections).
-        rendered = {
-            n: tuple(_free() if s.state == "drain" else s for s in t) for n, t in slots.items()
-        }
-        running = Applied(
-            applied.backends,
-            {**applied.slots, **interim_slots},
-            applied.hosts,
-            {**applied.empty_since, **empty_since},
+            interim_changed[name] = (old, table, applied.empty_since.get(name))
+        port_wanted = (
+            service is None
+            and old is not None
+            and old.mode == "tcp"
+            and _port_claimed(old, services, claimed, exclude=name)
         )
+        entry, reason = _layout(
+            name,
+            service,
+            old,
+            table,
+            since=applied.empty_since.get(name, now),
+            port_wanted=port_wanted,
+            now=now,
+            timers=timers,
+        )
+        changed[name] = entry
+        if reason is not None:
+            reasons.append(reason)
+            layout.add(name)
+        elif old is not None:
+            commands += cmds
+
+    hosts = _host_changes(applied, changed, todo, full=full)
+    target = applied.with_backends(changed, hosts)
+    if reasons:
+        # A reload installs the whole target; the unplaced instances get slots there.
+        # Draining slots start the new worker disabled (the old worker finishes their
+        # connections).
+        reload_target = for_reload(target, timers.initial_slots, services, changed)
+        interim_target = applied.with_backends(interim_changed, {})
         return Plan(
-            replace(target, slots=rendered),
-            reload=_first(reasons),
+            reload_target,
+            reload=first_reason(reasons),
             interim=tuple(interim),
-            interim_target=running,
+            interim_target=interim_target,
+            reasons=tuple(sorted(set(reasons), key=REASON_ORDER.index)),
+            layout=frozenset(layout),
         )
     commands += _map_commands(applied.hosts, hosts, map_path)
     return Plan(target, tuple(commands), interim=tuple(commands), interim_target=target)
 
 
-_REASON_ORDER = ("new_backend", "slots_exhausted", "backend_removed")
+def _layout(
+    name: str,
+    service: Service | None,
+    old: Backend | None,
+    table: tuple[Slot, ...],
+    *,
+    since: float,
+    port_wanted: bool,
+    now: float,
+    timers: Timers,
+) -> tuple[tuple[Backend, tuple[Slot, ...], float | None] | None, str | None]:
+    """One backend's entry in the target (``None``: it goes) and the reload it needs."""
+    if service is None:
+        assert old is not None
+        # Two listens never share a port (SPEC §9): an emptied one whose port another
+        # service wants goes now, not after BACKEND_GC_AFTER.
+        kept = not port_wanted and (any(s.live for s in table) or now - since < timers.gc_after)
+        if kept:
+            return (old, table, since), None
+        return None, "new_backend" if port_wanted else "backend_removed"
+    if old is None:
+        live = len(service.instances)
+        table = tuple(Slot(i.ip, i.port, "ready", i.id) for i in service.instances)
+        table += tuple(Slot() for _ in range(wanted_slots(live, timers.initial_slots) - live))
+        backend = Backend(name, service.mode, len(table), service.host, service.port)
+        return (backend, table, None), "new_backend"
+    backend = Backend(name, service.mode, old.slots, service.host, service.port)
+    if _unplaced(table, service.instances):
+        return (backend, table, None), "slots_exhausted"
+    if old.port != service.port or old.host != service.host:
+        return (backend, table, None), "new_backend"
+    return (backend, table, None), None
 
 
-def _first(reasons: list[str]) -> str:
-    return min(reasons, key=_REASON_ORDER.index)
+def first_reason(reasons: Collection[str]) -> str:
+    """The reason a reload is named by, when it has several (``REASON_ORDER``)."""
+    return min(reasons, key=REASON_ORDER.index)
 
 
-def _free() -> Slot:
-    return Slot()
+def _port_claimed(
+    old: Backend,
+    services: Mapping[str, Service],
+    claimed: Mapping[int, str] | None,
+    *,
+    exclude: str,
+) -> bool:
+    if claimed is not None:
+        owner = claimed.get(old.port)
+        return owner is not None and owner != exclude
+    return any(s.mode == "tcp" and s.port == old.port and n != exclude for n, s in services.items())
 
 
-def _pad(table: tuple[Slot, ...], count: int) -> tuple[Slot, ...]:
-    return table + tuple(_free() for _ in range(count - len(table)))
+def _host_changes(
+    applied: Applied,
+    changed: Mapping[str, tuple[Backend, tuple[Slot, ...], float | None] | None],
+    names: Collection[str],
+    *,
+    full: bool,
+) -> dict[str, str | None]:
+    """Host map entries to set (or delete: ``None``). A full plan compares the whole map
+    (stray entries of an adopted map go); a partial one the touched backends' hosts."""
+    hosts: dict[str, str | None] = {}
+    if full:
+        wanted = {
+            entry[0].host: name
+            for name, entry in changed.items()
+            if entry is not None and entry[0].mode == "http" and entry[0].host
+        }
+        for host in applied.hosts:
+            if host not in wanted:
+                hosts[host] = None
+        hosts.update(wanted)
+        return hosts
+    for name in names:
+        old = applied.backends.get(name)
+        entry = changed.get(name)
+        new_host = entry[0].host if entry is not None and entry[0].mode == "http" else ""
+        if (
+            old is not None
+            and old.mode == "http"
+            and old.host
+            and old.host != new_host
+            and applied.hosts.get(old.host) == name
+        ):
+            hosts[old.host] = None
+        if new_host:
+            hosts[new_host] = name
+    return hosts
+
+
+def for_reload(
+    target: Applied,
+    minimum: int,
+    services: Mapping[str, Service] | None = None,
+    changed: Collection[str] = (),
+) -> Applied:
+    """The state a reload installs: every desired instance in a rendered slot (dynamic and
+    deleted slots folded in, draining ones free: the old worker finishes their
+    connections), each backend sized by :func:`wanted_slots` over what it runs. The
+    instances of ``services`` for the ``changed`` backends that found no slot get one.
+    The fd budget (``lb/budget.py``) may cut the headroom before it is rendered."""
+    slots: dict[str, tuple[Slot, ...]] = {}
+    backends: dict[str, Backend] = {}
+    services = services or {}
+    for name, backend in target.backends.items():
+        table = target.slots.get(name, ())
+        service = services.get(name)
+        instances = service.instances if service is not None and name in changed else ()
+        kept = [replace(s, dynamic=False, since=0.0) for s in table if s.state == "ready"]
+        placed = {s.instance for s in kept}
+        kept += [Slot(i.ip, i.port, "ready", i.id) for i in instances if i.id not in placed]
+        size = wanted_slots(len(kept), minimum)
+        slots[name] = tuple(kept) + tuple(Slot() for _ in range(size - len(kept)))
+        backends[name] = replace(backend, slots=size)
+    return Applied(backends, slots, target.hosts, target.empty_since)
 
 
 def _unplaced(table: tuple[Slot, ...], instances: tuple[Instance, ...]) -> int:
@@ -189,7 +367,11 @@ def _unplaced(table: tuple[Slot, ...], instances: tuple[Instance, ...]) -> int:
     return sum(1 for i in instances if i.id not in placed)
 
 
-def _assign(  # noqa: PLR0912 - three passes over one table read best together
+def _server_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _assign(  # noqa: PLR0912, PLR0915 - four passes over one table read best together
     backend: str,
     current: tuple[Slot, ...],
     instances: tuple[Instance, ...],
@@ -197,9 +379,11 @@ def _assign(  # noqa: PLR0912 - three passes over one table read best together
     now: float,
     drain_timeout: float,
     sessions: Mapping[tuple[str, str], int],
-) -> tuple[tuple[Slot, ...], list[str]]:
-    """The slot table serving ``instances``, and the commands that make ``current`` it.
-    Instances that find no free slot are left out (the caller then adds slots)."""
+    room: int = 0,
+) -> tuple[tuple[Slot, ...], list[str], int]:
+    """The slot table serving ``instances``, the commands that make ``current`` it, and
+    the room for dynamic servers left. Instances that find no slot are left out (the
+    caller then reloads with more)."""
     table = list(current)
     cmds: list[str] = []
     wanted = {i.id: i for i in instances}
@@ -212,7 +396,7 @@ def _assign(  # noqa: PLR0912 - three passes over one table read best together
     # 1. Slots that serve a wanted instance keep it (matched by ID, else by address for
     #    slots adopted from a running HAProxy, whose IDs we do not know).
     for k, slot in enumerate(table):
-        if slot.free:
+        if not slot.live:
             continue
         inst = wanted.get(slot.instance) if slot.instance else None
         if inst is None and slot.instance is None:
@@ -224,16 +408,16 @@ def _assign(  # noqa: PLR0912 - three passes over one table read best together
             cmds.append(f"set server {server(k)} addr {inst.ip} port {inst.port}")
         if slot.state != "ready":
             cmds.append(f"set server {server(k)} state ready")
-        table[k] = Slot(inst.ip, inst.port, "ready", inst.id)
+        table[k] = Slot(inst.ip, inst.port, "ready", inst.id, dynamic=slot.dynamic)
 
     # 2. Slots whose instance is gone drain, then go to maintenance.
     for k, slot in enumerate(table):
-        if slot.free or slot.instance in placed:
+        if not slot.live or slot.instance in placed:
             continue
         if slot.state == "ready":
             if drain_timeout <= 0:
                 cmds.append(f"set server {server(k)} state maint")
-                table[k] = _free()
+                table[k] = Slot(dynamic=slot.dynamic)
                 continue
             cmds.append(f"set server {server(k)} state drain")
             table[k] = replace(slot, state="drain", since=now)
@@ -241,24 +425,58 @@ def _assign(  # noqa: PLR0912 - three passes over one table read best together
         idle = sessions.get((backend, f"s{k + 1}"), 1) == 0
         if draining.state == "drain" and (idle or now - draining.since >= drain_timeout):
             cmds.append(f"set server {server(k)} state maint")
-            table[k] = _free()
+            table[k] = Slot(dynamic=slot.dynamic)
 
-    # 3. New instances take free slots.
+    # 3. New instances take free slots, then dynamic ones while there is room.
     free = [k for k, slot in enumerate(table) if slot.free]
+    gone = [k for k, slot in enumerate(table) if slot.state == "gone"]
     for inst in instances:
-        if inst.id in placed or not free:
+        if inst.id in placed:
             continue
-        k = free.pop(0)
-        cmds.append(f"set server {server(k)} addr {inst.ip} port {inst.port}")
-        cmds.append(f"set server {server(k)} state ready")
-        table[k] = Slot(inst.ip, inst.port, "ready", inst.id)
+        if free:
+            k = free.pop(0)
+            cmds.append(f"set server {server(k)} addr {inst.ip} port {inst.port}")
+            cmds.append(f"set server {server(k)} state ready")
+            table[k] = Slot(inst.ip, inst.port, "ready", inst.id, dynamic=table[k].dynamic)
+        elif room > 0:
+            room -= 1
+            if gone:
+                k = gone.pop(0)
+            else:
+                k = len(table)
+                table.append(Slot())
+            cmds.append(
+                f"add server {server(k)} {_server_address(inst.ip, inst.port)} {SERVER_OPTIONS}"
+            )
+            cmds.append(f"enable health {server(k)}")
+            cmds.append(f"set server {server(k)} state ready")
+            table[k] = Slot(inst.ip, inst.port, "ready", inst.id, dynamic=True)
+        else:
+            continue
         placed.add(inst.id)
-    return tuple(table), cmds
+
+    # 4. Dynamic slots that are free and idle are deleted (``del server`` needs maint and
+    #    no connection); trailing deleted ones are dropped from the table.
+    for k, slot in enumerate(table):
+        if slot.dynamic and slot.free and sessions.get((backend, f"s{k + 1}"), 1) == 0:
+            cmds.append(f"del server {server(k)}")
+            table[k] = Slot(state="gone", dynamic=True)
+    while table and table[-1].state == "gone":
+        table.pop()
+    return tuple(table), cmds, room
 
 
-def _map_commands(old: Mapping[str, str], new: Mapping[str, str], map_path: str) -> list[str]:
-    cmds = [f"del map {map_path} {host}" for host in sorted(old) if host not in new]
-    for host, backend in sorted(new.items()):
+def _map_commands(
+    old: Mapping[str, str], changes: Mapping[str, str | None], map_path: str
+) -> list[str]:
+    cmds = [
+        f"del map {map_path} {host}"
+        for host, backend in sorted(changes.items())
+        if backend is None and host in old
+    ]
+    for host, backend in sorted(changes.items()):
+        if backend is None:
+            continue
         if host not in old:
             cmds.append(f"add map {map_path} {host} {backend}")
         elif old[host] != backend:

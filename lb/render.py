@@ -15,12 +15,12 @@ from typing import Any
 import jinja2
 
 from discovery.settings import Address
-from lb.plan import Applied
+from lb.plan import CHECK_OPTIONS, Applied
 
 _SAFE = re.compile(r"[A-Za-z0-9_.:/\[\]-]+")
 
 HARD_STOP_AFTER = "30s"
-MAXCONN = 4000  # well under half the open-file limit (FACTS: 20000 here)
+MAXCONN = 4000  # the default of MAXCONN=auto (lb/budget.py sizes it to the fd limit)
 
 
 class UnsafeValue(ValueError):
@@ -43,8 +43,14 @@ class RenderContext:
     tcp_bind_addr: str | None
     metrics_bind: Address | None
 
+    def binds(self) -> list[Address]:
+        """The addresses the rendered config binds besides TCP listens (fd budget)."""
+        return [a for a in (self.http_bind, self.metrics_bind) if a is not None]
 
-def render_config(template: str, target: Applied, ctx: RenderContext, name: str) -> str:
+
+def render_config(
+    template: str, target: Applied, ctx: RenderContext, name: str, *, maxconn: int = MAXCONN
+) -> str:
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -63,6 +69,7 @@ def render_config(template: str, target: Applied, ctx: RenderContext, name: str)
                 "disabled": s.state != "ready",
             }
             for k, s in enumerate(target.slots.get(backend.name, ()))
+            if s.state != "gone"
         ]
         entry: dict[str, Any] = {
             "name": check_safe(backend.name),
@@ -76,7 +83,8 @@ def render_config(template: str, target: Applied, ctx: RenderContext, name: str)
         admin_socket=check_safe(ctx.admin_socket),
         map_path=check_safe(ctx.map_path),
         hard_stop_after=HARD_STOP_AFTER,
-        maxconn=MAXCONN,
+        maxconn=int(maxconn),
+        check_options=CHECK_OPTIONS,
         http_bind=check_safe(ctx.http_bind) if ctx.http_bind else "",
         tcp_bind_addr=check_safe(ctx.tcp_bind_addr) if ctx.tcp_bind_addr else "",
         metrics_bind=check_safe(ctx.metrics_bind) if ctx.metrics_bind else "",

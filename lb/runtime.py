@@ -48,10 +48,10 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from lb.sockets import exchange
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +345,10 @@ class RuntimeClient:
                 ) from exc
         return states
 
-    def server_sessions(self) -> dict[tuple[str, str], int]:
-        """Current sessions (``scur``) of every server, from ``show stat`` (servers only)."""
-        command = "show stat -1 4 -1"
+    def server_sessions(self, backend: str | None = None) -> dict[tuple[str, str], int]:
+        """Current sessions (``scur``) of every server of ``backend`` (all when ``None``),
+        from ``show stat`` (servers only)."""
+        command = f"show stat {backend or -1} 4 -1"
         output = self._query(command)
         if not output.startswith("# "):
             raise RuntimeProtocolError(command, output, reason="unexpected stat output")
@@ -434,25 +435,10 @@ class RuntimeClient:
     def _exchange(self, line: bytes) -> str:
         """Send one line, half-close (HAProxy then closes after the last reply, even if the
         line had switched the session to interactive mode) and read to the end."""
-        deadline = time.monotonic() + self.timeout
-        chunks: list[bytes] = []
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.socket_path)
-                sock.sendall(line)
-                sock.shutdown(socket.SHUT_WR)
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError("no complete reply")
-                    sock.settimeout(remaining)
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    chunks.append(data)
+            reply = exchange(self.socket_path, line, timeout=self.timeout)
         except OSError as exc:  # missing, refused, permission, timeout (TimeoutError)
             raise RuntimeUnavailable(
                 f"HAProxy socket {self.socket_path}: {exc.__class__.__name__}: {exc}"
             ) from exc
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        return reply.decode("utf-8", errors="replace")

@@ -48,6 +48,13 @@ def socket_directory(raw: str) -> str:
     return value
 
 
+def maxconn(raw: str) -> int | None:
+    """``auto`` (sized to the fd budget) or a number of connections."""
+    if raw.strip().lower() == "auto":
+        return None
+    return s.positive_int(raw)
+
+
 def bind_address(raw: str) -> Address:
     """``host:port`` (``*`` for every address)."""
     return s.listen_address(raw if ":" in raw else f"*:{raw}")
@@ -109,6 +116,15 @@ class LbSettings(CommonSettings):
     mass_removal_grace: float = setting(
         "MASS_REMOVAL_GRACE", s.duration, "30", "how long mass-removed servers are kept"
     )
+    maxconn: int | None = setting(
+        "MAXCONN", maxconn, "auto", "HAProxy's global maxconn (auto: sized to the fd budget)"
+    )
+    reconcile_interval: float = setting(
+        "RECONCILE_INTERVAL",
+        s.positive_duration,
+        "30",
+        "seconds between full read-backs of HAProxy's state (jittered)",
+    )
     dns_domain: str = setting("DNS_DOMAIN", s.domain, "skydns.local", "domain of Host names")
     ttl: int = setting("LB_TTL", s.ttl, "15", "lease TTL of /frontends/<LB_ID>")
 
@@ -120,6 +136,15 @@ class LbSettings(CommonSettings):
             raise SettingError(
                 "HAPROXY_MANAGE", "external", "needs HAPROXY_RELOAD_CMD and HAPROXY_SOCKET"
             )
+
+    @property
+    def reserved_ports(self) -> frozenset[int]:
+        """Ports the lb binds itself: no TCP service gets them, on any address (SPEC §9)."""
+        return frozenset(
+            a.port
+            for a in (self.http_bind, self.haproxy_metrics_addr, self.metrics_addr)
+            if a is not None
+        )
 
     @property
     def cfg_path(self) -> str:

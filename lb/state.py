@@ -1,36 +1,51 @@
-"""The layout of the running config, kept beside it so a restarted lb can adopt its
-HAProxy without a reload (SPEC §6). The slots themselves are read back from HAProxy
-(``show servers state``); this file only says what the backends are."""
+"""What a running HAProxy runs, read back (SPEC §6: adoption, restart, reconcile).
+
+The layout of the installed config is kept beside it (``haroute-layout.json``, installed
+with the config by ``lb/install.py``): which backends it has, their mode, Host or port and
+how many slots were rendered. The slots themselves are read back from HAProxy (``show
+servers state``), dynamic servers (added with ``add server`` beyond the rendered slots)
+included, and the Host map from ``show map``.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
 
+from lb.budget import Budget
 from lb.plan import Applied, Backend, Slot
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 
-LAYOUT_FILE = "haroute-layout.json"
 
-
-def save_layout(directory: str, target: Applied) -> None:
-    data = {
+def layout_text(target: Applied, fitted: Budget | None = None) -> str:
+    """The layout file of a config: its backends, and the fd budget it was rendered
+    with (a restarted lb knows from it how many servers it may still add)."""
+    data: dict[str, object] = {
         "backends": [
             {"name": b.name, "mode": b.mode, "slots": b.slots, "host": b.host, "port": b.port}
             for b in sorted(target.backends.values(), key=lambda b: b.name)
         ]
     }
-    path = os.path.join(directory, LAYOUT_FILE)
-    with open(path + ".new", "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(path + ".new", path)
+    if fitted is not None:
+        data["budget"] = {"limit": fitted.limit, "maxconn": fitted.maxconn, "need": fitted.need}
+    return json.dumps(data, indent=1) + "\n"
 
 
-def load_layout(directory: str) -> dict[str, Backend] | None:
+def load_budget(path: str) -> Budget | None:
+    """The fd budget the installed config was rendered with (``None``: not recorded)."""
     try:
-        with open(os.path.join(directory, LAYOUT_FILE), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)["budget"]
+        limit = None if data["limit"] is None else int(data["limit"])
+        return Budget(limit, int(data["maxconn"]), {}, int(data["need"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_layout(path: str) -> dict[str, Backend] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
         return {
             b["name"]: Backend(
@@ -42,56 +57,116 @@ def load_layout(directory: str) -> dict[str, Backend] | None:
         return None
 
 
+def _slot_index(server: str) -> int | None:
+    digits = server[1:]
+    if not server.startswith("s") or not digits.isdigit() or digits[0] == "0":
+        return None
+    return int(digits) - 1
+
+
 def adopted_state(
     layout: Mapping[str, Backend],
     servers: Iterable[tuple[str, str, str, int, str]],
     hosts: Mapping[str, str],
     now: float | None = None,
+    known: Applied | None = None,
 ) -> Applied | None:
     """Applied state from a running HAProxy: ``servers`` are (backend, server, addr, port,
-    admin state). ``None`` when HAProxy does not run the layout we wrote."""
+    admin state). ``None`` when HAProxy does not run the layout we wrote (a rendered slot
+    missing). Servers beyond the rendered slots are dynamic ones; slots that ``known`` (the
+    lb's own memory) has at the same address and state keep their instance ID and the time
+    their drain started."""
     now = time.monotonic() if now is None else now
-    tables: dict[str, list[Slot | None]] = {name: [None] * b.slots for name, b in layout.items()}
+    tables: dict[str, dict[int, Slot]] = {name: {} for name in layout}
     for backend, server, addr, port, admin in servers:
         table = tables.get(backend)
-        if table is None or not server.startswith("s") or not server[1:].isdigit():
+        k = _slot_index(server)
+        if table is None or k is None:
             continue
-        k = int(server[1:]) - 1
-        if not 0 <= k < len(table):
-            return None
+        dynamic = k >= layout[backend].slots
         if admin == "maint":
-            table[k] = Slot()
+            table[k] = Slot(dynamic=dynamic)
         else:
-            table[k] = Slot(addr, port, admin, None, now if admin == "drain" else 0.0)
-    if any(slot is None for table in tables.values() for slot in table):
-        return None
-    slots = {name: tuple(s for s in table if s is not None) for name, table in tables.items()}
-    return Applied(dict(layout), slots, dict(hosts), {})
+            table[k] = Slot(addr, port, admin, None, now if admin == "drain" else 0.0, dynamic)
+    slots: dict[str, tuple[Slot, ...]] = {}
+    for name, table in tables.items():
+        count = layout[name].slots
+        if any(k not in table for k in range(count)):
+            return None
+        size = max([count, *(k + 1 for k in table)])
+        rows = tuple(table.get(k, Slot(state="gone", dynamic=True)) for k in range(size))
+        slots[name] = _remember(rows, known.slots.get(name, ()) if known else ())
+    return Applied(dict(layout), slots, dict(hosts), dict(known.empty_since) if known else {})
+
+
+def _remember(rows: tuple[Slot, ...], known: tuple[Slot, ...]) -> tuple[Slot, ...]:
+    out = []
+    for k, slot in enumerate(rows):
+        mine = known[k] if k < len(known) else None
+        same = (
+            mine is not None
+            and slot.live
+            and (mine.addr, mine.port, mine.state) == (slot.addr, slot.port, slot.state)
+        )
+        out.append(slot if not same or mine is None else mine)
+    return tuple(out)
 
 
 def read_applied(
-    directory: str, runtime: RuntimeClient, map_path: str | None, now: float | None = None
+    layout_path: str,
+    runtime: RuntimeClient,
+    map_path: str | None,
+    now: float | None = None,
+    known: Applied | None = None,
 ) -> Applied | None:
     """What a running HAProxy runs, as the lb sees it: our layout file, checked against
     ``show servers state`` and ``show map``. Raises ``RuntimeUnavailable`` /
     ``RuntimeCommandError`` when the socket cannot tell; ``None`` when they disagree."""
-    layout = load_layout(directory)
+    layout = load_layout(layout_path)
     if layout is None:
         return None
     servers = [
         (st.backend, st.server, st.addr, st.port, st.admin) for st in runtime.servers_state()
     ]
     hosts = runtime.show_map(map_path) if map_path else {}
-    return adopted_state(layout, servers, hosts, now)
+    return adopted_state(layout, servers, hosts, now, known)
 
 
-def draining_sessions(applied: Applied, runtime: RuntimeClient) -> dict[tuple[str, str], int]:
-    """Session counts, read only while a slot drains (the lb and ``haroute plan`` alike):
-    read always, a server just set to drain would go to maint in the same plan when idle,
-    where the lb does it one cycle later."""
-    if not any(s.state == "drain" for table in applied.slots.values() for s in table):
+def drift(believed: Applied, running: Applied) -> list[str]:
+    """Backends where HAProxy runs something else than the lb believes (addresses,
+    states, Host entries): what a reconcile repairs."""
+    names = [
+        name
+        for name in sorted(set(believed.slots) | set(running.slots))
+        if [(s.addr, s.port, s.state) for s in believed.slots.get(name, ()) if s.live]
+        != [(s.addr, s.port, s.state) for s in running.slots.get(name, ()) if s.live]
+        or len(believed.slots.get(name, ())) != len(running.slots.get(name, ()))
+    ]
+    for host, backend in {**believed.hosts, **running.hosts}.items():
+        if believed.hosts.get(host) != running.hosts.get(host) and backend not in names:
+            names.append(backend)
+    return names
+
+
+def draining_sessions(
+    applied: Applied, runtime: RuntimeClient, names: Iterable[str] | None = None
+) -> dict[tuple[str, str], int]:
+    """Session counts of the backends (of ``names``) with a draining or a free dynamic
+    slot, the only ones a plan asks about; one ``show stat`` per backend, or one for all
+    when many drain at once."""
+    wanted = [
+        name
+        for name in (applied.slots if names is None else names)
+        if any(s.state == "drain" or (s.dynamic and s.free) for s in applied.slots.get(name, ()))
+    ]
+    if not wanted:
         return {}
     try:
-        return runtime.server_sessions()
+        if len(wanted) > 20:
+            return runtime.server_sessions()
+        sessions: dict[tuple[str, str], int] = {}
+        for name in wanted:
+            sessions.update(runtime.server_sessions(name))
+        return sessions
     except (RuntimeUnavailable, RuntimeCommandError):
         return {}

@@ -6,8 +6,10 @@ a file several times, or touch it without changing it, cost no extra reload.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -54,6 +56,13 @@ class TemplateWatch:
             self.changed.clear()
             return True
         return False
+
+    def digest(self, name: str = "haproxy.cfg.j2") -> str:
+        """The SHA-256 of template ``name`` ("" when it cannot be read)."""
+        try:
+            return hashlib.sha256((Path(self.directory) / name).read_bytes()).hexdigest()
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None

@@ -15,7 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lb.process import pid_alive
+from lb.procfs import pid_alive
 from tests.servers import wait_for
 
 HAPROXY_BIN = shutil.which("haproxy") or "/usr/sbin/haproxy"

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from discovery.etcd import EtcdSession
+from lb.master import parse_show_proc
 from lb.metrics import REASONS
-from lb.process import parse_show_proc
 from tests.helpers import metric_value, scrape, session
 from tests.servers import Daemon, Etcd, Stack, free_port, pid_gone, wait_for
 

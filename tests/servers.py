@@ -45,11 +45,17 @@ def wait_for(
 
 
 def pid_gone(pid: int) -> bool:
+    """The process is gone, or a zombie waiting for its parent (a HAProxy the test process
+    itself started, say) to reap it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def stop_process(

@@ -71,13 +71,18 @@ def test_new_environments_reload_once_and_coalesce(
         assert lb.haproxy_reloads() - before <= 2
 
 
-def test_three_times_slots_all_serve(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
-    """3x SLOTS instances in one backend: slots double by reload and every instance serves."""
+def test_slots_exhausted_adds_servers_without_reload(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """3x SLOTS instances in one backend: the ones beyond the rendered slots are added with
+    `add server` (0 reloads, by HAProxy's own count) and serve; a later reload renders
+    them as ordinary slots and every instance still serves."""
     with lb_stack(servers, etcd, tmp_path, SLOTS="2") as lb:
         backends = [lb.backend(f"b{i}") for i in range(6)]
         lb.start()
         lb.put(WEB, "w0", backends[0].port)
         serves(lb, WEB, {"b0"})
+        reloads = lb.haproxy_reloads()
         for i, b in enumerate(backends[1:], start=1):
             lb.put(WEB, f"w{i}", b.port)
         names = {b.name for b in backends}
@@ -87,8 +92,22 @@ def test_three_times_slots_all_serve(servers: Stack, etcd: Etcd, tmp_path: Path)
             0.1,
             "all six serve",
         )
-        assert "server s8 " in lb.config()
-        counted(lb, "haroute_reloads_total", 1, reason="slots_exhausted", result="ok")
+        assert lb.haproxy_reloads() == reloads
+        assert "server s6 " not in lb.config()
+        wait_for(lambda: lb.metric("haroute_dynamic_servers") >= 1, 5, what="dynamic servers")
+        assert lb.metric("haroute_reloads_total", reason="slots_exhausted", result="ok") == 0
+        # Any later reload (a new environment) renders them: nothing is lost.
+        lb.put(SIT, "s1", backends[0].port)
+        serves(lb, SIT, {"b0"})
+        assert lb.haproxy_reloads() == reloads + 1
+        assert "server s6 " in lb.config()
+        wait_for(
+            lambda: lb.answers(host_of(WEB)) | lb.answers(host_of(WEB)) == names,
+            15,
+            0.1,
+            "all six serve after the reload",
+        )
+        wait_for(lambda: lb.metric("haroute_dynamic_servers") == 0, 5, what="none dynamic")
 
 
 def test_no_failed_request_during_changes_and_reloads(
@@ -437,7 +456,8 @@ def test_external_haproxy_is_driven_through_its_reload_command(
     import shlex
     import sys
 
-    from lb.process import SpawnedHAProxy, prepare_directory
+    from lb.files import prepare_directory
+    from lb.spawn import SpawnedHAProxy
 
     directory = tmp_path / "haproxy"
     prepare_directory(directory)

@@ -16,18 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from lb.process import (
-    Ensured,
-    ExternalHAProxy,
-    HAProxyError,
-    MasterCLI,
-    ProcInfo,
-    SpawnedHAProxy,
-    check_config,
-    parse_show_proc,
-    pid_alive,
-    prepare_directory,
-)
+from lb.external import ExternalHAProxy
+from lb.files import prepare_directory
+from lb.install import check_config
+from lb.master import MasterCLI, ProcInfo, parse_show_proc
+from lb.process import Ensured, HAProxyError
+from lb.procfs import pid_alive
+from lb.spawn import SpawnedHAProxy
 from tests.haproxy_proc_helpers import (
     HAPROXY_BIN,
     Backend,
@@ -264,6 +259,9 @@ def test_reload_rejected_by_haproxy_is_detected(make: Make) -> None:
         result = proc.reload(timeout=30)
         assert not result.ok
         assert "rejected" in result.detail
+        # HAProxy's own words are kept (haproxy.log) and quoted, naming the listen.
+        assert any("cannot bind socket" in a and "tcp_held" in a for a in result.alerts)
+        assert "cannot bind socket" in result.detail
         assert result.info is not None
         assert result.info.failed > before.failed
         assert result.info.workers == before.workers
@@ -319,7 +317,7 @@ def test_second_object_adopts_running_haproxy(make: Make, hdir: Path) -> None:
 
     result = second.reload()
     assert result.ok, result.detail
-    assert SpawnedHAProxy(HAPROXY_BIN, hdir).ensure_running() is Ensured.ADOPTED
+    assert SpawnedHAProxy(HAPROXY_BIN, hdir).ensure_running() is Ensured.RUNNING
     second.stop()
 
 
@@ -394,7 +392,7 @@ def test_external_haproxy_reload_command(make: Make) -> None:
     assert not result.ok
     assert "boom" in result.detail and "3" in result.detail
 
-    external.stop()  # not ours to stop
+    external.shutdown()  # not ours to stop
     assert supervised.alive()
     supervised.stop()
     assert not external.alive()

@@ -205,13 +205,53 @@ def test_returning_instance_leaves_drain() -> None:
     assert cmds == [f"set server {name}/s2 state ready"]
 
 
-def test_out_of_slots_doubles_with_a_reload() -> None:
-    """A backend that needs more slots than it has is reloaded with twice as many."""
+def test_out_of_slots_without_room_reloads_with_slots_that_follow_use() -> None:
+    """A backend that needs more slots than it has, with no room left for dynamic
+    servers, is reloaded with its live servers plus a quarter of headroom."""
     name = "be_internal_app1_dev_web_ghost_example"
     applied, _, _ = apply(desired(kv(WEB, "w1", 8080)), Applied())
     target, _cmds, reason = apply(desired(*(kv(WEB, f"w{i}", 8080 + i) for i in range(5))), applied)
-    assert reason == "slots_exhausted" and target.backends[name].slots == 8
+    assert reason == "slots_exhausted" and target.backends[name].slots == 7
     assert sum(1 for s in target.slots[name] if s.state == "ready") == 5
+
+
+def test_out_of_slots_with_room_adds_dynamic_servers() -> None:
+    """With room in the fd budget, the servers that find no slot are added at runtime
+    (add server, health checks on, ready): no reload."""
+    name = "be_internal_app1_dev_web_ghost_example"
+    applied, _, _ = apply(desired(kv(WEB, "w1", 8080)), Applied())
+    three = desired(*(kv(WEB, f"w{i}", 8079 + i) for i in range(1, 4)))
+    target, cmds, reason = apply(three, applied, dynamic_room=5)
+    assert reason is None
+    assert cmds == [
+        f"set server {name}/s2 addr 127.0.0.2 port 8081",
+        f"set server {name}/s2 state ready",
+        f"add server {name}/s3 127.0.0.2:8082 check inter 2s fall 2 rise 1",
+        f"enable health {name}/s3",
+        f"set server {name}/s3 state ready",
+    ]
+    assert target.slots[name][2] == Slot("127.0.0.2", 8082, "ready", "w3", dynamic=True)
+    assert target.dynamic_count() == 1
+    # Only as many as the room allows; the rest waits for a reload.
+    _, _, reason = apply(
+        desired(*(kv(WEB, f"w{i}", 8079 + i) for i in range(1, 6))), applied, dynamic_room=2
+    )
+    assert reason == "slots_exhausted"
+
+
+def test_a_drained_dynamic_server_is_deleted_once_idle() -> None:
+    """A dynamic slot whose instance went drains, then goes to maint and is deleted with
+    del server once it has no sessions; the table drops it."""
+    name = "be_internal_app1_dev_web_ghost_example"
+    applied, _, _ = apply(desired(kv(WEB, "w1", 8080)), Applied())
+    three = desired(*(kv(WEB, f"w{i}", 8079 + i) for i in range(1, 4)))
+    applied, _, _ = apply(three, applied, dynamic_room=5)
+    two = desired(*(kv(WEB, f"w{i}", 8079 + i) for i in range(1, 3)))
+    drained, cmds, _ = apply(two, applied, now=1.0)
+    assert cmds == [f"set server {name}/s3 state drain"]
+    gone, cmds, _ = apply(two, drained, now=2.0, sessions={(name, "s3"): 0})
+    assert cmds == [f"set server {name}/s3 state maint", f"del server {name}/s3"]
+    assert len(gone.slots[name]) == 2 and gone.dynamic_count() == 0
 
 
 def test_interim_commands_while_a_reload_waits() -> None:
