@@ -11,8 +11,8 @@ answers with its own name), and two ways of driving HAProxy 2.6, one after the o
    which changes servers through HAProxy's runtime socket.
 2. ``baseline``: a confd-style process (this file, ``--baseline-worker``) that watches
    the same kind of /services prefix and, for every change, renders the complete config
-   (``lb.render``), checks it with ``haproxy -c -f``, installs it and reloads the master
-   (``lb.process.SpawnedHAProxy.reload``: ``reload`` on the master CLI, confirmed by the
+   (``lb.render``), checks and installs it with the lb's own ``lb.install``, reloads the master
+   (``lb.spawn.SpawnedHAProxy.reload``: ``reload`` on the master CLI, confirmed by the
    new worker in ``show proc``).
 
 One trial: put a *new* instance of the existing backend on the next backend server
@@ -62,11 +62,15 @@ from discovery.etcd import EtcdSession  # noqa: E402
 from discovery.keys import Layout  # noqa: E402
 from discovery.settings import endpoints  # noqa: E402
 from discovery.watch import PrefixMirror  # noqa: E402
-from lb import process  # noqa: E402
+from lb import procfs  # noqa: E402
 from lb.desired import desired_state, parse_records  # noqa: E402
-from lb.plan import Applied, Timers, plan  # noqa: E402
+from lb.files import HAProxyFiles, prepare_directory  # noqa: E402
+from lb.install import Candidate, Installer  # noqa: E402
+from lb.plan import Applied, Timers, for_reload, plan  # noqa: E402
 from lb.render import RenderContext, render_config, render_map  # noqa: E402
 from lb.settings import bind_address, default_template_dir  # noqa: E402
+from lb.spawn import SpawnedHAProxy  # noqa: E402
+from lb.state import layout_text  # noqa: E402
 from tests.helpers import metric_value  # noqa: E402
 from tests.lb_helpers import LbStack, host_of, record  # noqa: E402
 from tests.servers import Stack, free_port, wait_for  # noqa: E402
@@ -447,7 +451,7 @@ def baseline_worker(config_path: str) -> int:
     """The confd-style process: every change -> render, ``haproxy -c``, install, reload."""
     cfg = json.loads(Path(config_path).read_text())
     directory = Path(cfg["dir"])
-    process.prepare_directory(directory)
+    prepare_directory(directory)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -470,7 +474,8 @@ def baseline_worker(config_path: str) -> int:
     layout = Layout()
     listen = cfg["listen"]
     mirror = PrefixMirror(session.fork(), listen, on_change=changed)
-    haproxy = process.SpawnedHAProxy(cfg["haproxy_bin"], directory)
+    haproxy = SpawnedHAProxy(cfg["haproxy_bin"], directory)
+    installer = Installer(HAProxyFiles(str(directory)), cfg["haproxy_bin"])
     template = (Path(default_template_dir()) / TEMPLATE).read_text()
     ctx = RenderContext(
         "baseline",
@@ -482,9 +487,14 @@ def baseline_worker(config_path: str) -> int:
     )
     timers = Timers(8, 0.0, 300.0)
     applied = Applied()
-    cfg_path, map_path = Path(haproxy.cfg_path), Path(haproxy.map_path)
-    cfg_path.write_text(render_config(template, applied, ctx, TEMPLATE))
-    map_path.write_text(render_map(applied))
+    map_path = Path(haproxy.map_path)
+    installer.commit(
+        Candidate(
+            render_config(template, applied, ctx, TEMPLATE),
+            render_map(applied),
+            layout_text(applied),
+        )
+    )
     out = (directory / "changes.jsonl").open("a", buffering=1)
     thread = threading.Thread(target=mirror.run, args=(stop,), daemon=True)
     try:
@@ -503,16 +513,19 @@ def baseline_worker(config_path: str) -> int:
             start = time.time()
             records, _ = parse_records(snap.items.values(), layout, (listen,))
             desired = desired_state(records, domain=DOMAIN, http=True, tcp=False)
-            target = plan(
-                desired, applied, now=time.monotonic(), timers=timers, map_path=str(map_path)
-            ).target
-            text = render_config(template, target, ctx, TEMPLATE)
-            staged = cfg_path.with_name(cfg_path.name + ".new")
-            staged_map = map_path.with_name(map_path.name + ".new")
-            staged.write_text(text)
-            staged_map.write_text(render_map(target))
+            target = for_reload(
+                plan(
+                    desired, applied, now=time.monotonic(), timers=timers, map_path=str(map_path)
+                ).target,
+                timers.initial_slots,
+            )
+            candidate = Candidate(
+                render_config(template, target, ctx, TEMPLATE),
+                render_map(target),
+                layout_text(target),
+            )
             rendered = time.time()
-            check = process.check_config(cfg["haproxy_bin"], str(staged))
+            check = installer.check(candidate)
             checked = time.time()
             entry: dict[str, Any] = {
                 "rev": snap.revision,
@@ -523,14 +536,16 @@ def baseline_worker(config_path: str) -> int:
                 "ok": check.ok,
             }
             if check.ok:
-                os.replace(staged_map, map_path)
-                os.replace(staged, cfg_path)
+                installed = installer.commit(candidate)
                 result = haproxy.reload()
                 entry["reloaded"] = time.time()
                 entry["ok"] = result.ok
                 entry["detail"] = result.detail
                 if result.ok:
+                    installer.settle()
                     applied = target
+                elif not result.unknown:
+                    installer.rollback(installed)
             else:
                 entry["detail"] = check.message
             out.write(json.dumps(entry) + "\n")
@@ -678,14 +693,14 @@ def kill_haproxy(directory: Path) -> None:
         pid = int((directory / "haproxy.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return
-    if not process.pid_alive(pid) or not process._is_haproxy(pid):
+    if not procfs.pid_alive(pid) or not procfs.is_haproxy(pid):
         return
-    children = process.child_pids(pid)
+    children = procfs.child_pids(pid)
     for p in (pid, *children):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: not process.pid_alive(pid), 10, what="HAProxy gone")
+        wait_for(lambda: not procfs.pid_alive(pid), 10, what="HAProxy gone")
 
 
 # --------------------------------------------------------------------------- cleanup
@@ -702,7 +717,7 @@ def own_processes(workdir: Path) -> list[tuple[int, str]]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if needle in cmdline and process.pid_alive(int(entry)):
+        if needle in cmdline and procfs.pid_alive(int(entry)):
             mine.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
     return mine
 
@@ -718,7 +733,7 @@ def foreign_servers(workdir: Path) -> int:
             comm = Path(f"/proc/{entry}/comm").read_text().strip()
         except OSError:
             continue
-        if comm in ("etcd", "haproxy") and process.pid_alive(int(entry)):
+        if comm in ("etcd", "haproxy") and procfs.pid_alive(int(entry)):
             count += 1
     return count
 
