@@ -50,6 +50,12 @@ class LbMetrics(Metrics):
             buckets=BUCKETS,
             registry=r,
         )
+        self.runtime_seconds = Histogram(
+            "haroute_runtime_seconds",
+            "time HAProxy took to answer one set of runtime commands",
+            buckets=BUCKETS,
+            registry=r,
+        )
         self.slots = Gauge(
             "haroute_slots", "server slots per backend", ["backend", "state"], registry=r
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from lb.desired import Desired, Instance, Service
 
@@ -88,9 +89,12 @@ class Applied:
 
     def dynamic_count(self) -> int:
         """Dynamic servers HAProxy has now (they are outside the rendered fd budget)."""
-        return sum(
-            1 for table in self.slots.values() for s in table if s.dynamic and s.state != "gone"
-        )
+        return self._dynamic
+
+    @cached_property
+    def _dynamic(self) -> int:
+        # Counted once per state; :meth:`with_backends` carries it over by difference.
+        return sum(_dynamic_in(table) for table in self.slots.values())
 
     def with_backends(
         self,
@@ -117,7 +121,18 @@ class Applied:
                 host_map.pop(host, None)
             else:
                 host_map[host] = backend
-        return Applied(backends, slots, host_map, empty)
+        result = Applied(backends, slots, host_map, empty)
+        if "_dynamic" in self.__dict__:
+            delta = sum(
+                _dynamic_in(slots.get(name, ())) - _dynamic_in(self.slots.get(name, ()))
+                for name in changed
+            )
+            result.__dict__["_dynamic"] = self._dynamic + delta
+        return result
+
+
+def _dynamic_in(table: tuple[Slot, ...]) -> int:
+    return sum(1 for s in table if s.dynamic and s.state != "gone")
 
 
 @dataclass(frozen=True)

@@ -73,30 +73,62 @@ def adopted_state(
 ) -> Applied | None:
     """Applied state from a running HAProxy: ``servers`` are (backend, server, addr, port,
     admin state). ``None`` when HAProxy does not run the layout we wrote (a rendered slot
-    missing). Servers beyond the rendered slots are dynamic ones; slots that ``known`` (the
-    lb's own memory) has at the same address and state keep their instance ID and the time
-    their drain started."""
+    missing). Servers beyond the rendered slots are dynamic ones. Where ``known`` (the lb's
+    own memory) has a backend exactly as HAProxy runs it, its table is kept as it is
+    (instance IDs, when drains started); otherwise slots at the same address and state
+    keep theirs."""
     now = time.monotonic() if now is None else now
-    tables: dict[str, dict[int, Slot]] = {name: {} for name in layout}
+    rows: dict[str, dict[int, tuple[str, int, str]]] = {name: {} for name in layout}
     for backend, server, addr, port, admin in servers:
-        table = tables.get(backend)
+        got = rows.get(backend)
         k = _slot_index(server)
-        if table is None or k is None:
-            continue
-        dynamic = k >= layout[backend].slots
-        if admin == "maint":
-            table[k] = Slot(dynamic=dynamic)
-        else:
-            table[k] = Slot(addr, port, admin, None, now if admin == "drain" else 0.0, dynamic)
+        if got is not None and k is not None:
+            got[k] = (addr, port, admin)
     slots: dict[str, tuple[Slot, ...]] = {}
-    for name, table in tables.items():
+    for name, found in rows.items():
         count = layout[name].slots
-        if any(k not in table for k in range(count)):
+        if any(k not in found for k in range(count)):
             return None
-        size = max([count, *(k + 1 for k in table)])
-        rows = tuple(table.get(k, Slot(state="gone", dynamic=True)) for k in range(size))
-        slots[name] = _remember(rows, known.slots.get(name, ()) if known else ())
+        mine = known.slots.get(name) if known is not None else None
+        if mine is not None and _matches(mine, found):
+            slots[name] = mine
+            continue
+        size = max([count, *(k + 1 for k in found)])
+        table: list[Slot] = []
+        for k in range(size):
+            row = found.get(k)
+            dynamic = k >= count
+            if row is None:
+                table.append(Slot(state="gone", dynamic=True))
+            elif row[2] == "maint":
+                table.append(Slot(dynamic=dynamic))
+            else:
+                since = now if row[2] == "drain" else 0.0
+                table.append(Slot(row[0], row[1], row[2], None, since, dynamic))
+        slots[name] = _remember(tuple(table), mine or ())
     return Applied(dict(layout), slots, dict(hosts), dict(known.empty_since) if known else {})
+
+
+def _matches(table: tuple[Slot, ...], found: Mapping[int, tuple[str, int, str]]) -> bool:
+    """The lb's table is what HAProxy runs: same live addresses and states, same free
+    and deleted slots."""
+    if len(found) != sum(1 for s in table if s.state != "gone") or max(found, default=-1) >= len(
+        table
+    ):
+        return False
+    for k, slot in enumerate(table):
+        row = found.get(k)
+        if slot.state == "gone":
+            if row is not None:
+                return False
+        elif row is None:
+            return False
+        elif slot.live:
+            if row != (slot.addr, slot.port, slot.state):
+                return False
+        elif row[2] != "maint":
+            return False
+    return True
 
 
 def _remember(rows: tuple[Slot, ...], known: tuple[Slot, ...]) -> tuple[Slot, ...]:
@@ -108,7 +140,7 @@ def _remember(rows: tuple[Slot, ...], known: tuple[Slot, ...]) -> tuple[Slot, ..
             and slot.live
             and (mine.addr, mine.port, mine.state) == (slot.addr, slot.port, slot.state)
         )
-        out.append(slot if not same or mine is None else mine)
+        out.append(mine if same and mine is not None else slot)
     return tuple(out)
 
 
