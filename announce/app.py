@@ -62,8 +62,12 @@ class Announcer:
                 log.info("[announce] %s = %s", self.key, self.value, extra={"key": self.key})
                 return
             holder = self.session.get(self.key)
-            if holder is None or holder.lease == lease_id:
-                continue
+            if holder is None:
+                continue  # gone between the two calls: create again
+            if holder.lease == lease_id:
+                # Ours: an earlier create committed but its reply was lost.
+                log.info("[announce] %s is already held by our lease %x", self.key, lease_id)
+                return
             self._wait_for_holder(holder, lease_id)
 
     def _wait_for_holder(self, holder: KV, own_lease: int) -> None:

@@ -7,8 +7,9 @@ SPEC §8 say every client gets wrong:
   ``ENDPOINT_RETRY`` seconds instead of pyetcd's 300;
 - gRPC keepalive is on, so a frozen etcd breaks a watch instead of hanging it;
 - an expired auth token (``invalid auth token``) re-authenticates once and retries;
-- every transport failure surfaces as :class:`EtcdUnavailable` and a compacted watch
-  start as :class:`Compacted`, so callers handle two exceptions, not a dozen.
+- every transport failure surfaces as :class:`EtcdUnavailable` (a lease etcd does not
+  know as its subclass :class:`LeaseNotFound`) and a compacted watch start as
+  :class:`Compacted`, so callers handle two exceptions, not a dozen.
 
 Leases and watches have no background machinery here: :mod:`discovery.lease` and
 :mod:`discovery.watch` drive them from the daemons' own loops.
@@ -16,6 +17,7 @@ Leases and watches have no background machinery here: :mod:`discovery.lease` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -49,6 +51,10 @@ GRPC_OPTIONS = [
 
 class EtcdUnavailable(Exception):
     """etcd could not be reached or did not answer in time."""
+
+
+class LeaseNotFound(EtcdUnavailable):
+    """etcd does not know the lease a call named (expired, revoked): grant a new one."""
 
 
 class Compacted(Exception):
@@ -243,7 +249,10 @@ class EtcdSession:
         if isinstance(exc, grpc.RpcError):
             # e.g. PERMISSION_DENIED: not a transport problem, but the daemons treat every
             # etcd error as "etcd is not usable now" and back off; the message says why.
-            return EtcdUnavailable(f"{exc.code().name}: {exc.details()}")
+            # etcd names an unknown lease only in its message (NOT_FOUND is its code).
+            unknown = "lease not found" in str(exc.details())
+            kind = LeaseNotFound if unknown else EtcdUnavailable
+            return kind(f"{exc.code().name}: {exc.details()}")
         return exc if isinstance(exc, Exception) else Exception(str(exc))
 
     def _call(self, fn: Callable[[Any], T]) -> T:
@@ -372,11 +381,8 @@ class EtcdSession:
 
     def revoke(self, lease_id: int) -> None:
         """Revoke a lease (its keys go at once). A lease that is already gone is fine."""
-        try:
+        with contextlib.suppress(LeaseNotFound):
             self._call(lambda client: client.revoke_lease(lease_id))
-        except EtcdUnavailable as exc:
-            if "lease not found" not in str(exc):
-                raise
 
     # --- watch --------------------------------------------------------------------
 
