@@ -7,6 +7,7 @@ The faults a user's network really produces, on demand, in front of a real etcd:
         proxy.pause()                      # a frozen network: nothing moves, nothing closes
         proxy.forward()                    # back to normal
         proxy.drop_replies(after=b"/key")  # requests reach etcd, replies are lost
+        proxy.hold_requests(after=b"/key") # that request waits at the proxy until forward()
         proxy.cut()                        # reset every connection (the client sees a reset)
         proxy.refuse()                     # new connections are reset at once (etcd "down")
         proxy.end_streams()                # end open gRPC streams cleanly (grpc-status 0)
@@ -15,6 +16,9 @@ The faults a user's network really produces, on demand, in front of a real etcd:
   request containing those bytes (a key, say) has been forwarded, so exactly the call that
   carries it commits in etcd and its reply is lost. :attr:`dropping` is set then. The
   connection is useless afterwards (its HTTP/2 state is out of step): :meth:`cut` it.
+- ``hold_requests(after=...)`` stops the request carrying those bytes at the proxy
+  (:attr:`holding` is set) until :meth:`forward`: the test changes something in etcd in
+  between, so a race that real traffic hits once in a while happens every time.
 - ``end_streams()`` needs ``http2=True`` (plaintext gRPC): the proxy then forwards whole
   HTTP/2 frames and can add one of its own, as an HTTP/2-aware middlebox that ends a
   stream (an idle timeout, a draining proxy) would. etcd itself never ends a watch stream
@@ -139,7 +143,9 @@ class _Connection:
                 break
             if not data:
                 continue
-            self.proxy.saw_request(data)  # before forwarding: its reply may come at once
+            # Before forwarding: a reply to drop may come at once.
+            if self.proxy.saw_request(data) == "hold":
+                self.proxy.wait_for_release(self.closed)
             try:
                 if frames is None:
                     self.server.sendall(data)
@@ -218,10 +224,13 @@ class FaultProxy:
         self._running.set()
         self._closed = threading.Event()
         self._refusing = False
-        self._trigger: bytes | None = None
+        self._trigger: tuple[bytes, str] | None = None
         self._seen_tail = b""
+        self._release = threading.Event()
         #: Set once replies are being dropped (at once, or when the trigger was seen).
         self.dropping = threading.Event()
+        #: Set while a request is held (:meth:`hold_requests`).
+        self.holding = threading.Event()
         #: Connections accepted so far (including refused ones).
         self.accepted = 0
         self._thread = threading.Thread(target=self._accept, daemon=True, name="faultproxy")
@@ -234,11 +243,13 @@ class FaultProxy:
     # --- what a test does -----------------------------------------------------------------
 
     def forward(self) -> None:
-        """Back to a plain proxy: nothing paused, nothing dropped, connections accepted."""
+        """Back to a plain proxy: nothing paused, held or dropped, connections accepted."""
         with self._lock:
             self._trigger = None
             self._refusing = False
         self.dropping.clear()
+        self.holding.clear()
+        self._release.set()
         self._running.set()
 
     def pause(self) -> None:
@@ -249,10 +260,18 @@ class FaultProxy:
         """Forward requests but discard replies: now, or once a request with ``after`` has
         been forwarded (that request commits in etcd; its reply is lost)."""
         with self._lock:
-            self._trigger = after
+            self._trigger = None if after is None else (after, "drop")
             self._seen_tail = b""
         if after is None:
             self.dropping.set()
+
+    def hold_requests(self, after: bytes) -> None:
+        """Hold the next request that carries ``after`` (and what follows it on its
+        connection) at the proxy until :meth:`forward`; :attr:`holding` is set then."""
+        with self._lock:
+            self._trigger = (after, "hold")
+            self._seen_tail = b""
+            self._release.clear()
 
     def cut(self) -> None:
         """Reset every open connection. New connections are still accepted (unless
@@ -300,6 +319,7 @@ class FaultProxy:
     def close(self) -> None:
         self._closed.set()
         self._running.set()
+        self._release.set()
         self._thread.join(5)
         self._listener.close()
         self.cut()
@@ -321,16 +341,27 @@ class FaultProxy:
         """Wait (briefly) while paused; ``True`` when bytes may move."""
         return self._running.wait(POLL) and not self._closed.is_set()
 
-    def saw_request(self, data: bytes) -> None:
+    def saw_request(self, data: bytes) -> str | None:
+        """What to do with a request chunk: ``"hold"`` it, or forward it (``None``)."""
         with self._lock:
             if self._trigger is None:
-                return
+                return None
+            marker, action = self._trigger
             window = self._seen_tail + data
-            if self._trigger in window:
-                self._trigger = None
-                self.dropping.set()
-            else:
-                self._seen_tail = window[-len(self._trigger) :]
+            if marker not in window:
+                self._seen_tail = window[-len(marker) :]
+                return None
+            self._trigger = None
+        if action == "drop":
+            self.dropping.set()
+            return None
+        self.holding.set()
+        return "hold"
+
+    def wait_for_release(self, closed: threading.Event) -> None:
+        while not self._release.wait(POLL):
+            if closed.is_set() or self._closed.is_set():
+                return
 
     def _accept(self) -> None:
         while not self._closed.is_set():

@@ -7,19 +7,23 @@ callback failing; etcd is always the real one.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from pyetcd import etcdrpc
 
 from announce.app import Announcer
 from announce.settings import AnnounceSettings
 from discovery.daemon import Stopper
-from discovery.etcd import EtcdUnavailable, LeaseNotFound
+from discovery.etcd import EtcdSession, EtcdUnavailable, LeaseNotFound
+from discovery.kv import WatchBatch
 from discovery.lease import LeaseKeeper
 from discovery.metrics import Metrics
-from discovery.settings import load
+from discovery.settings import endpoints, load
+from discovery.watch import PrefixMirror
 from tests.faultproxy import FaultProxy
 from tests.helpers import SHORT_TTL, EventRecorder, announce_env, session
 from tests.servers import Etcd, Stack, wait_for
@@ -145,3 +149,79 @@ def test_announce_record_survives_a_create_reply_lost_after_the_commit(
     assert kv.lease == committed.lease, d.log()
     assert direct.time_to_live(kv.lease) > 0
     assert deletes.stop() == [], d.log()
+
+
+# --- item 6: watch streams that end or are refused without an error -------------------------
+
+
+def test_a_watch_stream_ended_cleanly_is_resumed(etcd: Etcd) -> None:
+    """A watch stream ended with an OK status (as an HTTP/2 proxy ending it cleanly does)
+    is a broken watch: the mirror resumes, and a change made afterwards reaches it."""
+    direct = session(etcd)
+    with FaultProxy("127.0.0.1", etcd.client_port, http2=True) as proxy:
+        mirror = PrefixMirror(session(proxy.endpoint), "/announce", on_change=lambda: None)
+        stop = threading.Event()
+        thread = threading.Thread(target=mirror.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: mirror.connected, DEADLINE, what="the mirror watching")
+            assert proxy.end_streams() >= 1
+            direct.put("/announce/x", "1")
+            wait_for(
+                lambda: "/announce/x" in mirror.snapshot().items,
+                DEADLINE,
+                what="the change after the stream ended",
+            )
+        finally:
+            stop.set()
+            thread.join(10)
+
+
+ROOT_SECRET = "root-secret"
+
+
+def test_a_watch_etcd_refuses_at_its_creation_is_reported(servers: Stack) -> None:
+    """etcd refuses a watch at its creation (the user's read permission went between the
+    session's check and the create): the watch says so instead of looking alive."""
+    etcd = servers.etcd()
+    as_root = {"ETCDCTL_USER": f"root:{ROOT_SECRET}"}
+    etcd.ctl("user", "add", f"root:{ROOT_SECRET}")
+    etcd.ctl("auth", "enable")
+    etcd.ctl("role", "add", "reader", env=as_root)
+    etcd.ctl("role", "grant-permission", "--prefix", "reader", "read", "/announce/", env=as_root)
+    etcd.ctl("user", "add", "reader:reader-secret", env=as_root)
+    etcd.ctl("user", "grant-role", "reader", "reader", env=as_root)
+    root = EtcdSession(endpoints(etcd.endpoint), username="root", password=ROOT_SECRET)
+    start = root.revision() + 1
+    assert start != 1  # the marker below must not match the session's one-key read (limit 1)
+    create = etcdrpc.WatchCreateRequest(
+        key=b"/announce/", range_end=b"/announce0", start_revision=start
+    ).SerializeToString()
+    outcome: queue.Queue[Exception | None] = queue.Queue()
+    inbox: queue.Queue[WatchBatch | Exception] = queue.Queue()
+    with FaultProxy("127.0.0.1", etcd.client_port, http2=True) as proxy:
+        reader = EtcdSession(endpoints(proxy.endpoint), username="reader", password="reader-secret")
+
+        def start_watch() -> None:
+            try:
+                reader.watch_prefix("/announce/", start, inbox.put)
+            except Exception as exc:
+                outcome.put(exc)
+            else:
+                outcome.put(None)
+
+        proxy.hold_requests(after=create)
+        thread = threading.Thread(target=start_watch, daemon=True)
+        thread.start()
+        assert proxy.holding.wait(DEADLINE), "the watch create never came"
+        etcd.ctl("role", "revoke-permission", "--prefix", "reader", "/announce/", env=as_root)
+        proxy.forward()
+        thread.join(DEADLINE)
+        result = outcome.get(timeout=1)
+        if result is None:  # a watch may also report its refusal as its one exception
+            try:
+                result = inbox.get(timeout=DEADLINE / 2)  # type: ignore[assignment]
+            except queue.Empty:
+                raise AssertionError("the refused watch looks alive and says nothing") from None
+        assert isinstance(result, EtcdUnavailable), result
+        assert "permission denied" in str(result)
