@@ -20,10 +20,22 @@ import logging
 import time
 from collections.abc import Callable
 
-from discovery.etcd import EtcdSession, LeaseNotFound
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from discovery.etcd import EtcdSession, EtcdUnavailable, LeaseNotFound
 from discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Revoking on exit: a few attempts within a few seconds (Docker sends SIGKILL after 10).
+REVOKE_ATTEMPTS = 3
+REVOKE_WITHIN = 4.0
 
 
 class LeaseKeeper:
@@ -36,6 +48,7 @@ class LeaseKeeper:
         write: Callable[[int], None],
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         name: str = "lease",
     ) -> None:
         self.session = session
@@ -44,6 +57,7 @@ class LeaseKeeper:
         self.write = write
         self.metrics = metrics
         self.clock = clock
+        self.sleep = sleep
         self.name = name
         self.lease_id: int | None = None
         #: What the last :meth:`tick` did, one sentence ("" when it only waited).
@@ -123,8 +137,20 @@ class LeaseKeeper:
         self._lost = True
 
     def revoke(self) -> None:
-        if self.lease_id is not None:
-            self.session.revoke(self.lease_id)
-            log.info("[lease] %s revoked lease %x", self.name, self.lease_id)
-            self.lease_id = None
-            self._written = False
+        """Revoke the lease, so its keys go at once (a daemon stopping). A call that fails
+        is tried again, briefly: pyetcd fails over after a failed call, so the next
+        attempt reaches another endpoint when the one in use just went down. Raises
+        ``EtcdUnavailable`` when every attempt failed (the keys then live out their TTL)."""
+        if self.lease_id is None:
+            return
+        retrying = Retrying(
+            retry=retry_if_exception_type(EtcdUnavailable),
+            stop=stop_after_attempt(REVOKE_ATTEMPTS) | stop_after_delay(REVOKE_WITHIN),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        retrying(self.session.revoke, self.lease_id)
+        log.info("[lease] %s revoked lease %x", self.name, self.lease_id)
+        self.lease_id = None
+        self._written = False

@@ -8,6 +8,7 @@ callback failing; etcd is always the real one.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -225,3 +226,35 @@ def test_a_watch_etcd_refuses_at_its_creation_is_reported(servers: Stack) -> Non
                 raise AssertionError("the refused watch looks alive and says nothing") from None
         assert isinstance(result, EtcdUnavailable), result
         assert "permission denied" in str(result)
+
+
+# --- revoke on exit while the endpoint in use is down ---------------------------------------
+
+
+def test_sigterm_revokes_through_another_endpoint_when_the_one_in_use_is_down(
+    servers: Stack, etcd: Etcd
+) -> None:
+    """With two endpoints, the one announce uses goes down just before SIGTERM: the
+    revoke is tried again on the other, so the record goes at once, not after its TTL."""
+    direct = session(etcd)
+    with (
+        FaultProxy("127.0.0.1", etcd.client_port) as first,
+        FaultProxy("127.0.0.1", etcd.client_port) as second,
+    ):
+        env = announce_env(
+            etcd,
+            PATH,
+            8080,
+            ETCD_ENDPOINTS=f"{first.endpoint},{second.endpoint}",
+            ANNOUNCE_TTL="60",
+            ANNOUNCE_INTERVAL="30",  # no refresh to notice the outage before SIGTERM
+        )
+        d = servers.daemon("announce", env)
+        kv = wait_for(lambda: direct.get(KEY), DEADLINE, what="the record")
+        (in_use,) = [p for p in (first, second) if p.open_connections]
+        in_use.refuse()
+        in_use.cut()
+        d.send(signal.SIGTERM)
+        assert d.proc is not None and d.proc.wait(DEADLINE) == 0
+        assert direct.get(KEY) is None, d.log()
+        assert direct.time_to_live(kv.lease) == -1
