@@ -9,7 +9,7 @@ from prometheus_client import Gauge
 
 from announce.settings import AnnounceSettings
 from discovery.backoff import Backoff
-from discovery.daemon import Stopper
+from discovery.daemon import Exit, Stopper, Turn, run_loop
 from discovery.etcd import EtcdSession, EtcdUnavailable
 from discovery.kv import KV
 from discovery.lease import LeaseKeeper
@@ -62,8 +62,12 @@ class Announcer:
                 log.info("[announce] %s = %s", self.key, self.value, extra={"key": self.key})
                 return
             holder = self.session.get(self.key)
-            if holder is None or holder.lease == lease_id:
-                continue
+            if holder is None:
+                continue  # gone between the two calls: create again
+            if holder.lease == lease_id:
+                # Ours: an earlier create committed but its reply was lost.
+                log.info("[announce] %s is already held by our lease %x", self.key, lease_id)
+                return
             self._wait_for_holder(holder, lease_id)
 
     def _wait_for_holder(self, holder: KV, own_lease: int) -> None:
@@ -100,34 +104,35 @@ class Announcer:
                 self.session.keepalive(own_lease)
                 refreshed_own = time.monotonic()
 
+    def cycle(self) -> Turn:
+        """One turn (SPEC §4): grant, write and refresh as due. Raises ``Exit(1)`` when
+        the record's key is held by another live process."""
+        try:
+            delay = self.lease.tick()
+        except HeldElsewhere as exc:
+            raise Exit(1, f"ANNOUNCE_ID {self.record.id!r} is already announced: {exc}") from exc
+        finally:
+            self.announced.set(1 if self.lease.written else 0)
+        self.metrics.etcd_connected.set(1)
+        return Turn(delay, self.lease.did)
+
     def run(self) -> int:
-        backoff = Backoff(0.1, 5.0)
-        while not self.stop.is_set():
-            try:
-                delay = self.lease.tick()
-                self.announced.set(1 if self.lease.lease_id is not None else 0)
-                if backoff.failing:
-                    log.info("[announce] etcd reachable again")
-                backoff.reset()
-                self.metrics.etcd_connected.set(1)
-            except HeldElsewhere as exc:
-                log.error("[announce] ANNOUNCE_ID %r is already announced: %s", self.record.id, exc)
-                self._revoke()
-                return 1
-            except EtcdUnavailable as exc:
-                if not backoff.failing:
-                    log.warning("[announce] etcd unavailable (%s); retrying with back-off", exc)
-                self.metrics.etcd_connected.set(0)
-                self.metrics.etcd_errors.inc()
-                delay = backoff.next()
-                self.announced.set(1 if self.lease.lease_id is not None else 0)
-            except Exception:
-                log.exception("[announce] unexpected error, please report it as a bug")
-                delay = backoff.next()
-            self.stop.wait(delay)
+        status = 0
+        try:
+            run_loop(
+                "announce",
+                self.cycle,
+                stop=self.stop,
+                metrics=self.metrics,
+                backoff=Backoff(0.1, 5.0),
+                on_etcd_error=lambda _: self.metrics.etcd_connected.set(0),
+            )
+        except Exit as exc:
+            log.error("[announce] %s", exc)
+            status = exc.status
         self._revoke()
         self.announced.set(0)
-        return 0
+        return status
 
     def _revoke(self) -> None:
         try:

@@ -85,6 +85,16 @@ def run_main(body: Callable[[], int]) -> int:
 # --- the daemon loop ----------------------------------------------------------------------
 
 
+class Exit(Exception):
+    """Raised by a cycle to end its daemon with ``status``: a condition that waiting and
+    retrying cannot resolve (announce's ID held by another live process). The loop lets
+    it through; the daemon cleans up and returns ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class Turn:
     """What one cycle of a daemon did: ``did`` is one sentence ("" when it did nothing),
@@ -101,7 +111,8 @@ class Loop:
     One policy for errors, in one place: ``EtcdUnavailable`` is expected (etcd restarts,
     partitions) and logged once per outage, the loop backing off meanwhile; any other
     exception is a bug: logged with its trace and "please report it as a bug", counted,
-    backed off, and the loop goes on. The loop exits only when ``stop`` is set.
+    backed off, and the loop goes on. The loop ends only when ``stop`` is set, or when a
+    cycle raises :class:`Exit`, which it lets through.
     """
 
     def __init__(
@@ -135,6 +146,9 @@ class Loop:
         """One cycle under the error policy; the seconds to wait before the next."""
         try:
             result = self.cycle()
+        except Exit:
+            self.last_turn = self.clock()
+            raise
         except EtcdUnavailable as exc:
             if not self.backoff.failing:
                 log.warning("[%s] etcd unavailable (%s); retrying with back-off", self.name, exc)
@@ -182,7 +196,8 @@ def run_loop(
     backoff: Backoff | None = None,
     on_etcd_error: Callable[[EtcdUnavailable], None] | None = None,
 ) -> Loop:
-    """Build a :class:`Loop` and run it until ``stop``; returns it (its last state)."""
+    """Build a :class:`Loop` and run it until ``stop``; returns it (its last state).
+    Raises :class:`Exit` when a cycle does."""
     loop = Loop(
         name,
         cycle,

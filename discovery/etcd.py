@@ -7,15 +7,19 @@ SPEC §8 say every client gets wrong:
   ``ENDPOINT_RETRY`` seconds instead of pyetcd's 300;
 - gRPC keepalive is on, so a frozen etcd breaks a watch instead of hanging it;
 - an expired auth token (``invalid auth token``) re-authenticates once and retries;
-- every transport failure surfaces as :class:`EtcdUnavailable` and a compacted watch
-  start as :class:`Compacted`, so callers handle two exceptions, not a dozen.
+- every transport failure surfaces as :class:`EtcdUnavailable` (a lease etcd does not
+  know as its subclass :class:`LeaseNotFound`) and a compacted watch start as
+  :class:`Compacted`, so callers handle two exceptions, not a dozen.
 
-Leases and watches have no background machinery here: :mod:`discovery.lease` and
-:mod:`discovery.watch` drive them from the daemons' own loops.
+Leases have no background machinery here, and a watch only a thread that reads its
+stream: :mod:`discovery.lease` and :mod:`discovery.watch` drive them from the daemons'
+own loops. Watches do not use pyetcd's watcher, which loses the end of a stream
+(:class:`_Watch` says how).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +30,8 @@ import pyetcd
 from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 from pyetcd import transactions as etcd_txn
+from pyetcd import utils as etcd_utils
+from pyetcd.etcdrpc import kv_pb2
 
 from discovery.kv import KV, Event, WatchBatch
 from discovery.settings import CommonSettings, Endpoint
@@ -49,6 +55,10 @@ GRPC_OPTIONS = [
 
 class EtcdUnavailable(Exception):
     """etcd could not be reached or did not answer in time."""
+
+
+class LeaseNotFound(EtcdUnavailable):
+    """etcd does not know the lease a call named (expired, revoked): grant a new one."""
 
 
 class Compacted(Exception):
@@ -243,7 +253,10 @@ class EtcdSession:
         if isinstance(exc, grpc.RpcError):
             # e.g. PERMISSION_DENIED: not a transport problem, but the daemons treat every
             # etcd error as "etcd is not usable now" and back off; the message says why.
-            return EtcdUnavailable(f"{exc.code().name}: {exc.details()}")
+            # etcd names an unknown lease only in its message (NOT_FOUND is its code).
+            unknown = "lease not found" in str(exc.details())
+            kind = LeaseNotFound if unknown else EtcdUnavailable
+            return kind(f"{exc.code().name}: {exc.details()}")
         return exc if isinstance(exc, Exception) else Exception(str(exc))
 
     def _call(self, fn: Callable[[Any], T]) -> T:
@@ -386,11 +399,8 @@ class EtcdSession:
 
     def revoke(self, lease_id: int) -> None:
         """Revoke a lease (its keys go at once). A lease that is already gone is fine."""
-        try:
+        with contextlib.suppress(LeaseNotFound):
             self._call(lambda client: client.revoke_lease(lease_id))
-        except EtcdUnavailable as exc:
-            if "lease not found" not in str(exc):
-                raise
 
     # --- watch --------------------------------------------------------------------
 
@@ -401,35 +411,138 @@ class EtcdSession:
         one exception after which the watch is dead. Returns a cancel function. Raises
         :class:`Compacted` when ``start_revision`` is gone."""
 
-        def on_response(resp: Any) -> None:
-            if isinstance(resp, BaseException):
-                callback(self._translate(resp))
-                return
-            events = tuple(
-                Event(kv=_kv(ev._event.kv), deleted=isinstance(ev, pyetcd.events.DeleteEvent))
-                for ev in resp.events
-            )
-            last = max((e.kv.mod_revision for e in events), default=0)
-            callback(WatchBatch(events=events, revision=last))
-
-        def run(client: Any) -> int:
-            # etcd refuses a watch (expired auth token, no read permission) by cancelling
-            # it, and pyetcd drops the cancel: the watch would be silently dead. A one-key
-            # read of the same range first re-authenticates, or fails loudly, instead.
+        def run(client: Any) -> _Watch:
+            # A one-key read of the same range first: it re-authenticates an expired token
+            # (a watch stream cannot) and fails with etcd's reason when the range is not
+            # ours to read, before a stream is opened for it.
             client.get_prefix_response(_encode(prefix), keys_only=True, limit=1)
-            return int(
-                client.add_watch_prefix_callback(
-                    _encode(prefix), on_response, start_revision=start_revision
-                )
+            return _Watch.start(
+                client,
+                _encode(prefix),
+                start_revision,
+                callback,
+                timeout=self.timeout,
+                translate=self._translate,
             )
 
-        watch_id = self._call(run)
-        client = self._client
+        return self._call(run).cancel
 
-        def cancel() -> None:
-            try:
-                client.cancel_watch(watch_id)
-            except Exception:
-                log.debug("[watch] cancel failed", exc_info=True)
 
-        return cancel
+class _Watch:
+    """One etcd watch on a gRPC stream of its own.
+
+    Written by hand over the generated stub because pyetcd's ``Watcher`` (0.0.7) loses
+    what a watch must report (tried against etcd 3.4 through ``tests/faultproxy.py``,
+    issue 8): when a stream ends cleanly it hands ``None`` to the callback, ours then
+    fails inside pyetcd, which logs and swallows that, and the watch is dead while it
+    looks alive; and it drops cancel replies that carry no events, so a watch that etcd
+    refuses at its creation (permission denied) looks created and never says a word.
+    Here every end of a watch but :meth:`cancel` reaches the callback as one exception,
+    and a refusal, a compacted start or no answer at all is raised by :meth:`start`.
+    """
+
+    def __init__(self, callback: WatchCallback, translate: Callable[[BaseException], Exception]):
+        self._callback = callback
+        self._translate = translate
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._created = threading.Event()
+        self._start_error: Exception | None = None
+        self._half_close = threading.Event()
+        self._call: Any = None
+
+    @classmethod
+    def start(
+        cls,
+        client: Any,
+        prefix: bytes,
+        start_revision: int,
+        callback: WatchCallback,
+        *,
+        timeout: float,
+        translate: Callable[[BaseException], Exception],
+    ) -> _Watch:
+        """Open the stream and wait for etcd to confirm the watch (or refuse it)."""
+        watch = cls(callback, translate)
+        create = etcdrpc.WatchRequest(
+            create_request=etcdrpc.WatchCreateRequest(
+                key=prefix,
+                range_end=etcd_utils.prefix_range_end(prefix),
+                start_revision=start_revision,
+            )
+        )
+        stub = etcdrpc.WatchStub(client.channel)
+        watch._call = stub.Watch(watch._requests(create), metadata=client.metadata)
+        threading.Thread(target=watch._run, name="etcd-watch", daemon=True).start()
+        if not watch._created.wait(timeout):
+            watch.cancel()
+            raise EtcdUnavailable(f"etcd did not confirm a watch within {timeout} s")
+        if watch._start_error is not None:
+            raise watch._start_error
+        return watch
+
+    def cancel(self) -> None:
+        """End the watch; the callback hears nothing more."""
+        with self._lock:
+            self._cancelled = True
+        self._half_close.set()
+        self._call.cancel()
+
+    def _requests(self, create: Any) -> Any:
+        yield create
+        # Keep our half of the stream open until the watch ends (etcd takes a half-close
+        # for "no more requests", not for "stop"); this also frees gRPC's sending thread.
+        self._half_close.wait()
+
+    def _run(self) -> None:
+        error: Exception
+        try:
+            for resp in self._call:
+                ended = self._on_response(resp)
+                if ended is not None:
+                    error = ended
+                    break
+            else:
+                error = EtcdUnavailable("the watch stream ended without an error status")
+        except grpc.RpcError as exc:
+            error = self._translate(exc)
+        except Exception as exc:
+            log.exception("[watch] unexpected error, please report it as a bug")
+            error = exc
+        finally:
+            self._half_close.set()
+        self._call.cancel()  # a cancel reply leaves the stream open: close it
+        with self._lock:
+            if self._cancelled:
+                return
+        if not self._created.is_set():
+            self._start_error = error
+            self._created.set()
+        else:
+            self._deliver(error)
+
+    def _on_response(self, resp: Any) -> Exception | None:
+        """Handle one response; the exception that ends the watch, if it does."""
+        if resp.compact_revision:
+            return Compacted(int(resp.compact_revision))
+        if resp.canceled:
+            reason = resp.cancel_reason or "no reason given"
+            return EtcdUnavailable(f"etcd cancelled the watch: {reason}")
+        if resp.created and not self._created.is_set():
+            self._created.set()
+        if resp.events:
+            events = tuple(
+                Event(kv=_kv(ev.kv), deleted=ev.type == kv_pb2.Event.DELETE) for ev in resp.events
+            )
+            last = max(e.kv.mod_revision for e in events)
+            self._deliver(WatchBatch(events=events, revision=last))
+        return None
+
+    def _deliver(self, item: WatchBatch | Exception) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+        try:
+            self._callback(item)
+        except Exception:
+            log.exception("[watch] the watch callback failed, please report it as a bug")
