@@ -38,7 +38,7 @@ from lb.guard import MassRemovalGuard
 from lb.install import Candidate, Installer
 from lb.metrics import PROBLEMS, LbMetrics
 from lb.plan import Applied, Plan, for_reload, plan
-from lb.process import Ensured, HAProxyError, HAProxyProcess, ReloadResult
+from lb.process import Ensured, HAProxyError, HAProxyProcess, Identity, ReloadResult
 from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 from lb.settings import LbSettings
@@ -111,12 +111,15 @@ class Controller:
         # fd budget, the template): not tried again until one of them changes.
         self.refused: tuple[frozenset[str], frozenset[str]] | None = None
         self.planned: set[str] = set()
+        self._ports: tuple[object, dict[int, str]] = (None, {})
         self.gate = Gate(settings.reload_min_interval)
         self.excluded_ports: set[int] = set()
         self.problems: dict[str, tuple[Problem, ...]] = {}
         self.changed_at: float | None = None
         self.template_digest = ""
-        self.identity: object = None
+        self.identity: Identity | None = None  # the HAProxy the lb last looked at
+        self.absent = False  # external: HAProxy did not answer at the last look
+        self.expect_new_worker = False  # after a reload of ours
         self.budget = budget.Budget(None, settings.maxconn or budget.MAXCONN_AUTO, {}, 0)
         now = clock()
         self.next_alive = now
@@ -250,11 +253,13 @@ class Controller:
         return desired
 
     def _bound(self, port: int) -> str | None:
-        """The listen that binds ``port`` in the running HAProxy."""
-        for backend in self.applied.backends.values():
-            if backend.mode == "tcp" and backend.port == port:
-                return backend.name
-        return None
+        """The listen that binds ``port`` in the running HAProxy (indexed once per
+        layout: listens change only at reloads)."""
+        backends = self.applied.backends
+        if self._ports[0] is not backends:
+            index = {b.port: b.name for b in backends.values() if b.mode == "tcp"}
+            self._ports = (backends, index)
+        return self._ports[1].get(port)
 
     # --- planning and acting -----------------------------------------------------------------
 
@@ -263,6 +268,12 @@ class Controller:
             names = self.catalog.names() | set(self.applied.backends)
         desired = self._desired(names, now)
         names |= set(desired)
+        # A listen that binds a port another service now takes is planned too: two
+        # listens never share a port (SPEC §9).
+        for name, service in desired.items():
+            holder = self._bound(service.port) if service.mode == "tcp" else None
+            if holder is not None and holder != name and holder not in desired:
+                names.add(holder)
         sessions = state.draining_sessions(self.applied, self.runtime, names)
         p = plan(
             desired,
@@ -443,7 +454,7 @@ class Controller:
         self.diverged = False
         self.refused = None
         self.pending.clear()
-        self.identity = None  # a new worker: its identity is taken at the next look
+        self.expect_new_worker = True
         self.planned = set(target.backends) | set(self.watch)
         self._settled(target, now)
         for reason in reasons:
@@ -577,7 +588,8 @@ class Controller:
 
     def _check_haproxy(self, now: float) -> None:
         """Restart a HAProxy that died (from the last good config) and notice one that an
-        outside supervisor restarted; either way, apply the state again."""
+        outside supervisor restarted or someone else reloaded; either way, apply the
+        state again."""
         self.next_alive = now + ALIVE_EVERY
         try:
             ensured = self.haproxy.ensure_running()
@@ -586,24 +598,40 @@ class Controller:
             log.error("[lb] HAProxy is gone and does not start again: %s", exc)
             return
         if ensured is Ensured.ABSENT:
-            if self.identity is not None:
+            if not self.absent:
                 log.warning("[lb] HAProxy does not answer on %s", self.files.admin_socket)
-                self.identity = None
+                self.absent = True
             return
-        identity = self.haproxy.identity()
-        if ensured is not Ensured.STARTED and self.identity is None:
-            self.identity = identity  # after our own start or reload
-            return
-        if ensured is Ensured.STARTED or identity != self.identity:
+        current = self.haproxy.identity()
+        why = self._restarted(ensured, current)
+        self.absent = False
+        self.identity = current
+        if why:
             log.error(
                 "[lb] HAProxy was restarted (%s); applying the state again",
-                "by the lb, from the last good config"
-                if ensured is Ensured.STARTED
-                else "by someone else",
+                why,
                 extra={"reason": "haproxy_restarted"},
             )
             self.metrics.reloads.labels("haproxy_restarted", "ok").inc()
             self._read_back(adopting=True)
+
+    def _restarted(self, ensured: Ensured, current: Identity | None) -> str:
+        """Why the HAProxy that serves now has lost the runtime state ("": it has not)."""
+        before = self.identity
+        why = ""
+        if ensured is Ensured.STARTED:
+            why = "by the lb, from the last good config"
+        elif self.absent:
+            why = "it answers again after it did not"
+        elif before is None or current is None:
+            why = ""
+        elif current.master != before.master:
+            why = "by someone else: a new master"
+        elif current.worker != before.worker and not self.expect_new_worker:
+            why = "someone else reloaded it: a new worker"
+        if before is not None and current is not None and current.worker != before.worker:
+            self.expect_new_worker = False
+        return why
 
     def _reconcile(self, now: float) -> None:
         """Derive everything again and read HAProxy back; repair what drifted."""

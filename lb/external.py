@@ -15,7 +15,7 @@ import subprocess
 
 from lb import procfs
 from lb.install import clip
-from lb.process import Ensured, ReloadResult
+from lb.process import Ensured, Identity, ReloadResult
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,18 @@ class ExternalHAProxy:
         """The runtime socket answers ``show info``."""
         return self.runtime.ping()
 
-    def identity(self) -> object:
-        """The serving worker's pid and start time (``None`` when the socket is down)."""
+    def identity(self) -> Identity | None:
+        """The serving worker's pid (``show info``) and, where ``/proc`` shows it, its
+        master's pid and start time; ``None`` when the socket is down."""
         try:
             info = self.runtime.info()
         except (RuntimeUnavailable, RuntimeCommandError):
             return None
         pid = int(info["Pid"]) if info.get("Pid", "").isdigit() else 0
-        return (pid, procfs.start_ticks(pid) if pid else None)
+        parent = procfs.parent_pid(pid) if pid else None
+        if parent is not None and procfs.is_haproxy(parent):
+            return Identity((parent, procfs.start_ticks(parent)), pid)
+        return Identity(None, pid)
 
     def reload(self, timeout: float = 10) -> ReloadResult:
         """Run ``HAPROXY_RELOAD_CMD`` with the shell; ok when it exits 0."""

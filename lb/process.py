@@ -50,6 +50,16 @@ class ReloadResult:
     unknown: bool = False
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Which HAProxy serves: its master (pid and start time; a new one is a restarted
+    HAProxy) and its current worker (a new one without a reload of ours: someone else
+    reloaded it). Either way the runtime state not in the files is gone."""
+
+    master: object
+    worker: int
+
+
 class HAProxyProcess(Protocol):
     """What the controller needs from whoever owns HAProxy."""
 
@@ -70,9 +80,8 @@ class HAProxyProcess(Protocol):
         """HAProxy is there and serving (cheap: called on a timer)."""
         ...
 
-    def identity(self) -> object:
-        """Something that changes whenever the HAProxy serving is not the one seen before
-        (restarted by anyone, or reloaded by someone else); ``None`` when unknown."""
+    def identity(self) -> Identity | None:
+        """Which HAProxy serves now (``None``: it cannot be told)."""
         ...
 
     def reload(self, timeout: float = 10) -> ReloadResult:

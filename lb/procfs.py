@@ -41,6 +41,11 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
+def parent_pid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
 def child_pids(pid: int) -> tuple[int, ...]:
     """Live children of ``pid`` (HAProxy's master: its workers, old ones included)."""
     try:

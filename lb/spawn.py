@@ -27,7 +27,7 @@ from lb import haproxylog, procfs
 from lb.files import SOCKET_MODE, DirectoryError, HAProxyFiles, prepare_directory
 from lb.install import clip
 from lb.master import MasterCLI, ProcInfo, reload_verdict
-from lb.process import Ensured, HAProxyError, ReloadResult
+from lb.process import Ensured, HAProxyError, Identity, ReloadResult
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +248,13 @@ class SpawnedHAProxy:
         pid = self.master_pid
         return pid is not None and procfs.pid_alive(pid) and bool(procfs.child_pids(pid))
 
-    def identity(self) -> object:
-        """The master's pid and start time: a new master is a restarted HAProxy (a reload
-        keeps the master)."""
+    def identity(self) -> Identity | None:
+        """The master's pid and start time, and its newest worker (from ``/proc``)."""
         pid = self.master_pid
-        return None if pid is None else (pid, procfs.start_ticks(pid))
+        if pid is None:
+            return None
+        workers = procfs.child_pids(pid)
+        return Identity((pid, procfs.start_ticks(pid)), max(workers, default=0))
 
     def show_proc(self) -> ProcInfo:
         return self.cli.show_proc()

@@ -88,6 +88,28 @@ class EchoServer:
         self.server.server_close()
 
 
+class WhoServer:
+    """A TCP server that answers every connection with its own port (which server did a
+    listen reach?)."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        port_box: list[int] = []
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(str(port_box[0]).encode())
+
+        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        port_box.append(self.port)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def record(
     path: str, iid: str, ip: str, port: int, type_: str = "HTTP", announce_port: int | None = None
 ) -> str:
@@ -142,8 +164,8 @@ class LbStack:
         }
         self.lb: Daemon | None = None
 
-    def start(self) -> Daemon:
-        self.lb = self.servers.daemon("lb", self.env)
+    def start(self, prefix: tuple[str, ...] = ()) -> Daemon:
+        self.lb = self.servers.daemon("lb", self.env, prefix)
         wait_for(
             lambda: self.haproxy_pid() is not None and self.metrics() is not None,
             15,
@@ -223,6 +245,18 @@ class LbStack:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
             sock.connect(str(self.dir / "master.sock"))
+            sock.sendall(command.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def admin(self, command: str) -> str:
+        """One command on HAProxy's admin socket."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.dir / "admin.sock"))
             sock.sendall(command.encode() + b"\n")
             sock.shutdown(socket.SHUT_WR)
             chunks = []

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,9 +211,13 @@ class Etcd:
 class Daemon:
     """One of our daemons (``python -m announce|register|lb``) as a real process."""
 
-    def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, module: str, env: Mapping[str, str], log_path: Path, prefix: Sequence[str] = ()
+    ) -> None:
         self.module = module
         self.env = dict(env)
+        # A command the daemon runs under (e.g. prlimit, setpriv).
+        self.prefix = tuple(prefix)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -224,7 +228,7 @@ class Daemon:
         env.update(self.env)
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [*self.prefix, sys.executable, "-m", self.module],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=self.log_path.open("ab"),
@@ -268,9 +272,9 @@ class Stack:
         self._etcds.append(server)
         return server.start()
 
-    def daemon(self, module: str, env: Mapping[str, str]) -> Daemon:
+    def daemon(self, module: str, env: Mapping[str, str], prefix: Sequence[str] = ()) -> Daemon:
         self._counter += 1
-        d = Daemon(module, env, self.workdir / f"{module}-{self._counter}.log")
+        d = Daemon(module, env, self.workdir / f"{module}-{self._counter}.log", prefix)
         self._daemons.append(d)
         return d.start()
 
