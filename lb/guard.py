@@ -58,7 +58,9 @@ class MassRemovalGuard:
         self.newly_held = []
         if self.grace > 0 and net >= self.minimum and net * 2 > before:
             for key in self.removed:
-                if key not in self.held:
+                # Only what is still known can be kept: removals let through earlier in
+                # the window count towards the loss but are gone already.
+                if key not in self.held and key in self.known:
                     self.held[key] = now
                     self.newly_held.append(key)
         self.held = {k: t for k, t in self.held.items() if now - t < self.grace}
