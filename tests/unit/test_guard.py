@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from discovery.records import ServicePath
 from lb.desired import Desired, Instance, Service
 from lb.guard import MassRemovalGuard
@@ -95,3 +97,22 @@ def test_held_servers_go_when_the_grace_ends() -> None:
     assert guard.filter(Desired(), 30.5).services["a"].instances
     assert ids(guard.filter(Desired(), 31.5)) == {}
     assert guard.held_count == 0
+
+
+def test_a_removal_exactly_one_window_ago_still_counts() -> None:
+    """A window includes its end ("within one TTL"): 3 gone at t=1 and 2 more at t=16 with a 15 s
+    window are 5 of 8 in one window, so the last two are held."""
+    guard = MassRemovalGuard(window=15, grace=30)
+    guard.filter(state(a=[str(n) for n in range(1, 9)]), 0)
+    guard.filter(state(a=["4", "5", "6", "7", "8"]), 1)
+    out = guard.filter(state(a=["6", "7", "8"]), 16)
+    assert ids(out) == {"a": ["4", "5", "6", "7", "8"]}
+
+
+@pytest.mark.parametrize(("now", "kept"), [(30.99, True), (31.0, False)])
+def test_held_servers_go_once_the_grace_has_passed(now: float, kept: bool) -> None:
+    """Held at t=1 with a 30 s grace: still kept just before t=31, gone at t=31."""
+    guard = MassRemovalGuard(window=15, grace=30)
+    guard.filter(state(a=["1", "2", "3", "4"]), 0)
+    guard.filter(Desired(), 1)
+    assert ("a" in guard.filter(Desired(), now).services) is kept

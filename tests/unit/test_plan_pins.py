@@ -160,3 +160,13 @@ def test_unknown_sessions_are_not_idle(sessions: dict[tuple[str, str], int] | No
     assert list(p.commands) == [f"set server {WEB_BE}/s2 state drain"]
     later = plan(desired(*web(1)), p.target, now=9.0, timers=TIMERS, map_path=MAP)
     assert later.empty
+
+
+@pytest.mark.parametrize(("now", "reason"), [(299.99, None), (300.0, "backend_removed")])
+def test_empty_backend_goes_once_gc_after_has_passed(now: float, reason: str | None) -> None:
+    """A backend empty since t=0 is kept until BACKEND_GC_AFTER (300 s), removed at 300."""
+    applied = installed(desired(kv(API, "a1", 80)))
+    emptied = run(Desired(), applied, now=0.0).target
+    emptied = run(Desired(), emptied, now=20.0).target
+    assert emptied.empty_since[API_BE] == 0.0
+    assert run(Desired(), emptied, now=now).reload == reason
