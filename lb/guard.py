@@ -35,6 +35,7 @@ class MassRemovalGuard:
         self.newly_held: list[Key] = []  # held by the last settle (for the caller's log)
         self.started = False
         self.shapes: dict[str, Service] = {}  # the last service seen by name, for held ones
+        self.fresh: set[Key] = set()  # removed since the last settle (still in HAProxy)
 
     @property
     def held_count(self) -> int:
@@ -57,6 +58,7 @@ class MassRemovalGuard:
             key = (name, iid)
             if iid not in after and key not in self.held and key not in self.removed:
                 self.removed[key] = (now, inst)
+                self.fresh.add(key)
         self.total += len(after) - len(before)
         if after:
             self.current[name] = after
@@ -75,10 +77,13 @@ class MassRemovalGuard:
         self.newly_held = []
         if self.grace > 0 and net >= self.minimum and net * 2 > before:
             for key, (_, inst) in self.removed.items():
-                if key not in self.held:
+                # Only what is still in HAProxy can be kept: removals let through by an
+                # earlier settle count towards the loss but are gone already.
+                if key not in self.held and key in self.fresh:
                     self.held[key] = (now, inst)
                     self.newly_held.append(key)
                     touched.add(key[0])
+        self.fresh.clear()
         for key, (since, _) in list(self.held.items()):
             if now - since >= self.grace:
                 del self.held[key]

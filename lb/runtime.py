@@ -449,7 +449,10 @@ class RuntimeClient:
         text = self._exchange(_line(batch))
         blocks = split_replies(text)
         if blocks is None or len(blocks) != len(batch) + 1:
-            count = "cut short" if blocks is None else f"{len(blocks) - 1} replies"
+            if blocks is None:
+                count = "cut short"
+            else:  # the first block answers the preamble
+                count = f"{len(blocks) - 1} replies" if blocks else "no reply"
             raise RuntimeProtocolError(
                 batch[0],
                 text,
