@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from lb.files import prepare_directory
@@ -333,3 +334,94 @@ def _http(path: str, iid: str, ip: str, port: int) -> str:
 
 def _info(text: str) -> list[tuple[str, str]]:
     return [tuple(line.split(": ", 1)) for line in text.splitlines() if ": " in line]  # type: ignore[misc]
+
+
+def test_a_thousand_backends_of_ten_servers(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
+    """1000 HTTP backends x 10 servers, written before the lb starts (one lease per
+    host of 10, as registers write them): HAProxy starts with all of them, a Host of the
+    last backend serves, and a moved instance is applied with 0 reloads."""
+    with lb_stack(servers, etcd, tmp_path, LISTEN_PATH="/services/big") as lb:
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        paths = [f"/big/app{i // 100}/e{i % 100}/web" for i in range(1000)]
+        for i, path in enumerate(paths):
+            items = [
+                (
+                    f"/services{path}/i{k}",
+                    _http(path, f"i{k}", f"127.9.{i // 250}.{i % 250 + 1}", 20000 + k),
+                )
+                for k in range(1, 10)
+            ]
+            if i == len(paths) - 1:
+                items.append((f"/services{path}/i0", _http(path, "i0", "127.0.0.2", b1.port)))
+            else:
+                items.append((f"/services{path}/i0", _http(path, "i0", "127.9.200.1", 20000 + i)))
+            lb.session.put_many(items, lease=lb.session.grant(600)[0])
+        lb.start()
+        last = paths[-1]
+        wait_for(lambda: lb.answers(host_of(last)) == {"b1"}, 60, 0.2, "the last Host serves")
+        state = lb.admin("show servers state")
+        assert sum(1 for line in state.splitlines() if " be_big_" in line) >= 10000
+        reloads = lb.haproxy_reloads()
+        lease = lb.session.grant(600)[0]
+        lb.session.put(f"/services{last}/i0", _http(last, "i0", "127.0.0.2", b2.port), lease=lease)
+        wait_for(lambda: lb.answers(host_of(last)) == {"b2"}, 15, 0.1, "the moved instance")
+        assert lb.haproxy_reloads() == reloads
+
+
+def test_churn_under_keep_alive_load_loses_no_request(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """Keep-alive clients (a bounded loop each) while instances move ten times a second
+    and a new environment arrives every second (a reload each): no request fails, thanks to
+    `option idle-close-on-response` (an old worker closes an idle keep-alive connection
+    only after a response, never as a request arrives)."""
+    import http.client
+    import threading
+
+    with lb_stack(servers, etcd, tmp_path, RELOAD_MIN_INTERVAL="0.5") as lb:
+        backends = [lb.backend(f"b{i}") for i in range(3)]
+        lb.start()
+        for i in range(3):
+            lb.put(WEB, f"w{i}", backends[i].port)
+        serves(lb, WEB, {"b0", "b1", "b2"})
+        stop = threading.Event()
+        counts = {"ok": 0, "failed": 0}
+        lock = threading.Lock()
+
+        def client() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", lb.http_port, timeout=5)
+            for _ in range(100_000):
+                if stop.is_set():
+                    break
+                try:
+                    conn.request("GET", "/", headers={"Host": host_of(WEB)})
+                    resp = conn.getresponse()
+                    resp.read()
+                    ok = resp.status == 200
+                except (OSError, http.client.HTTPException):
+                    ok = False
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", lb.http_port, timeout=5)
+                with lock:
+                    counts["ok" if ok else "failed"] += 1
+            conn.close()
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for c in clients:
+            c.start()
+        reloads = lb.haproxy_reloads()
+        try:
+            for step in range(60):  # 6 s: 60 moves, 6 new environments
+                i = step % 3
+                lb.put(WEB, f"w{i}", backends[(i + step) % 3].port)
+                if step % 10 == 9:
+                    lb.put(f"/internal/app1/dev/web/churn{step}", "x", backends[0].port)
+                time.sleep(0.1)
+            wait_for(lambda: lb.haproxy_reloads() >= reloads + 6, 10, what="6 reloads")
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for c in clients:
+                c.join(30)
+        assert counts["ok"] > 500
+        assert counts["failed"] == 0, counts
