@@ -175,7 +175,7 @@ def test_a_config_over_the_fd_budget_is_never_installed(
     """With a fixed MAXCONN and a hard open-file limit of 2000 (prlimit), a backend that
     would need more descriptors than the limit is not installed: the reason is logged and
     exported, HAProxy keeps running its last config, and runtime changes go on."""
-    with lb_stack(servers, etcd, tmp_path, MAXCONN="800", SLOTS="2") as lb:
+    with lb_stack(servers, etcd, tmp_path, MAXCONN="930", SLOTS="2") as lb:
         b1, b2 = lb.backend("b1"), lb.backend("b2")
         lb.start(prefix=("prlimit", "--nofile=2000:2000"))
         lb.put(WEB, "w1", b1.port)
