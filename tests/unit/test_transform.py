@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -48,6 +49,7 @@ LB1 = FrontendRecord("lb1", "192.0.2.10", 80, ("/services/internal/app1/dev",))
 LB2 = FrontendRecord("LB_2.b", "192.0.2.20", 8080, ("/services/internal/app1/dev/web",))
 LB_SIT = FrontendRecord("lb-sit", "192.0.2.30", 80, ("/services/internal/app1/sit",))
 LB_ALL = FrontendRecord("lb-all", "192.0.2.40", 80, ("/services",))
+LB2_CHILD = "lb-2-b-" + hashlib.sha256(b"LB_2.b").hexdigest()[:8]
 
 
 def kv(key: str, value: bytes | str, *, lease: int = 0, rev: int = 1) -> KV:
@@ -150,7 +152,7 @@ def test_tcp_record_goes_straight_to_the_instance() -> None:
             DNS_FALLBACK,
             {
                 f"{WEB_SKYDNS}/0ce60d000eac-lb1": dns("192.0.2.10", 80),
-                f"{WEB_SKYDNS}/0ce60d000eac-lb-2-b": dns("192.0.2.20", 8080),
+                f"{WEB_SKYDNS}/0ce60d000eac-{LB2_CHILD}": dns("192.0.2.20", 8080),
             },
         ),
         (
@@ -183,20 +185,25 @@ def test_http_frontend_covers_by_whole_components() -> None:
     }
 
 
+def sha8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 @pytest.mark.parametrize(
     ("instance_id", "child"),
     [
-        ("Web_1.Host-A", "web-1-host-a"),
+        ("Web_1.Host-A", "web-1-host-a-" + sha8("Web_1.Host-A")),
         ("ABC", "abc"),
-        ("a.b_c", "a-b-c"),
+        ("a.b_c", "a-b-c-" + sha8("a.b_c")),
     ],
 )
 @pytest.mark.parametrize("kind", ["TCP", "HTTP"])
 def test_child_names_are_lower_case_with_dashes(instance_id: str, child: str, kind: str) -> None:
-    """IDs with '.', '_' or upper case become lower-case '-' child keys."""
+    """IDs with '.', '_' or upper case become lower-case '-' child keys, hashed when more
+    than the case changed (SPEC §5); so do frontend IDs in HTTP records."""
     frontends = [FrontendRecord("LB_1.X", "192.0.2.1", 80, ("/services",))]
     records = dns_records(service(WEB, instance_id, kind), frontends, LAYOUT, DNS)
-    expected_child = child if kind == "TCP" else f"{child}-lb-1-x"
+    expected_child = child if kind == "TCP" else f"{child}-lb-1-x-{sha8('LB_1.X')}"
     assert list(records) == [f"{WEB_SKYDNS}/{expected_child}"]
 
 
@@ -274,7 +281,7 @@ def test_desired_keys_http_with_frontends_under_a_root() -> None:
     )
     assert sorted(out) == [
         "/haroute/services/internal/app1/dev/web/ghost.example/0ce60d000eac",
-        f"/haroute{WEB_SKYDNS}/0ce60d000eac-lb-2-b",
+        f"/haroute{WEB_SKYDNS}/0ce60d000eac-{LB2_CHILD}",
         f"/haroute{WEB_SKYDNS}/0ce60d000eac-lb1",
     ]
 
