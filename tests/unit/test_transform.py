@@ -20,11 +20,13 @@ from register.runtime import HostRuntime
 from register.transform import (
     Delete,
     DnsConfig,
+    NameClaim,
     Op,
     Placement,
     Put,
     desired_keys,
     dns_records,
+    dns_winners,
     own_leases,
     parse_announcements,
     parse_frontends,
@@ -301,8 +303,10 @@ def test_host_runtime_places_records_of_its_node() -> None:
     other = AnnounceRecord(WEB, "hostb-80", 80, "HTTP", host="hostb")
     docker = AnnounceRecord(WEB, "0ce60d000eac", 80, "HTTP")
     upper = AnnounceRecord(WEB, "HOSTA-80", 80, "HTTP", host="HOSTA")
-    announces = {"k1": mine, "k2": other, "k3": docker, "k4": upper}
-    assert HostRuntime("hosta", "10.0.0.5").place(announces) == {"k1": Placement("10.0.0.5", 80)}
+    runtime = HostRuntime("hosta", "10.0.0.5")
+    assert runtime.place("k1", mine) == Placement("10.0.0.5", 80)
+    assert [runtime.place("k", r) for r in (other, docker, upper)] == [None, None, None]
+    assert runtime.refresh() is False
 
 
 # --- own leases -----------------------------------------------------------------------
@@ -407,3 +411,70 @@ def test_plan_applied_reaches_desired() -> None:
         else:
             del state[op.key]
     assert state == {key: (value, OUR_LEASE) for key, value in desired.items()}
+
+
+# --- DNS nesting (SPEC §5) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claims", "winners"),
+    [
+        ({}, set()),
+        ({"": NameClaim(5), "example": NameClaim(7)}, {"", "example"}),
+        # example created first: ghost.example gets no DNS records.
+        ({"example": NameClaim(3), "ghost.example": NameClaim(4)}, {"example"}),
+        ({"example": NameClaim(4), "ghost.example": NameClaim(3)}, {"ghost.example"}),
+        # A name that holds records keeps them against one created earlier.
+        (
+            {"example": NameClaim(4, holds=True), "ghost.example": NameClaim(3)},
+            {"example"},
+        ),
+        # Both hold (written before this rule, or a race): the first created wins.
+        (
+            {"example": NameClaim(4, holds=True), "ghost.example": NameClaim(3, holds=True)},
+            {"ghost.example"},
+        ),
+        # Not a dot-suffix: no nesting (ample is not a label of example).
+        ({"example": NameClaim(3), "ample": NameClaim(4)}, {"example", "ample"}),
+        # Siblings below one name both win once the shorter one lost.
+        (
+            {"x.a": NameClaim(1), "y.a": NameClaim(2), "a": NameClaim(3)},
+            {"x.a", "y.a"},
+        ),
+        ({"a": NameClaim(1), "x.a": NameClaim(2), "y.x.a": NameClaim(3)}, {"a"}),
+        # A chain: a loses to b.a, so c.b.a... still nests with b.a and loses too.
+        ({"b.a": NameClaim(1), "a": NameClaim(2), "c.b.a": NameClaim(3)}, {"b.a"}),
+        # Same revision (one transaction): the first by text.
+        ({"example": NameClaim(3), "ghost.example": NameClaim(3)}, {"example"}),
+    ],
+)
+def test_dns_winners(claims: dict[str, NameClaim], winners: set[str]) -> None:
+    """Of two names of one service that nest, the one holding records, else the one
+    created first, keeps DNS records; the other gets none (SPEC §5)."""
+    assert dns_winners(claims) == winners
+
+
+def test_desired_keys_keep_nesting_names_out_of_dns() -> None:
+    """The whole derivation: the later of two nesting names gets its service record but
+    no DNS record; DNS children of one name never collide."""
+    example = ServicePath.parse("/internal/app1/dev/db/example")
+    records = {
+        "k1": AnnounceRecord(example, "web.1", 5432, "TCP", host="hosta"),
+        "k2": AnnounceRecord(DB, "web_1", 5432, "TCP", host="hosta"),
+        "k3": AnnounceRecord(example, "web_1", 5433, "TCP", host="hostb"),
+    }
+    placements = {"k1": Placement("10.0.0.5", 1), "k2": Placement("10.0.0.5", 2)}
+    out = desired_keys(
+        records,
+        placements,
+        [],
+        node="hosta",
+        layout=LAYOUT,
+        dns=DNS,
+        revisions={"k1": 7, "k2": 5, "k3": 9},
+    )
+    assert sorted(out) == [
+        "/services/internal/app1/dev/db/example/web.1",
+        "/services/internal/app1/dev/db/ghost.example/web_1",
+        f"{DB_SKYDNS}/web-1-{sha8('web_1')}",
+    ]
