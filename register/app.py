@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 RECONCILE_SHARE = 0.5
 # While watching candidate leases before adoption, ask etcd about them this often.
 ADOPT_POLL = 0.25
+# A key whose write was refused because our view of it was stale is planned again after.
+PENDING_RETRY = 0.05
 
 
 @dataclass
@@ -207,6 +209,8 @@ class Register:
         waits = [delay, self.next_reconcile - now, *self._retry_waits(now)]
         if self.runtime.interval is not None:
             waits.append(self.runtime.interval)
+        if self.pending:
+            waits.append(PENDING_RETRY)  # a write refused on a stale view: soon again
         return Turn(max(0.0, min(waits)), "; ".join(d for d in did if d))
 
     def _retry_waits(self, now: float) -> list[float]:

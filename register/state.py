@@ -33,9 +33,9 @@ from register.transform import (
     dns_name_fits,
     dns_winners,
     instance_keys,
-    nests,
     parse_announce_kv,
     shadowed_by,
+    suffixes,
 )
 
 #: Where a runtime places one announcement (None: not on this host).
@@ -154,10 +154,10 @@ class AnnounceIndex:
         }
 
 
-def conflicted(claims: Collection[str]) -> bool:
+def conflicted(names: Collection[str]) -> bool:
     """Do any two of these names of one service nest?"""
-    ordered = sorted(claims, key=len)
-    return any(nests(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :])
+    present = set(names)
+    return any(s in present for name in present if name for s in suffixes(name))
 
 
 class RegisterState:

@@ -121,16 +121,29 @@ class NameClaim:
     holds: bool = False
 
 
+def suffixes(name: str) -> list[str]:
+    """The proper dot-suffixes of a name: ``a.b.c`` → ``b.c``, ``c``."""
+    labels = name.split(".")
+    return [".".join(labels[i:]) for i in range(1, len(labels))]
+
+
 def dns_winners(claims: Mapping[str, NameClaim]) -> set[str]:
     """The names of one service that get DNS records: every name, except that of two
     names that nest, the one that holds records now, else the one created first (then
     the first by text) wins, and the other gets none (SPEC §5)."""
     order = sorted(claims, key=lambda n: (not claims[n].holds, claims[n].create_revision, n))
-    won: list[str] = []
+    won: set[str] = set()
+    below_won: set[str] = set()  # every proper suffix of a winner: a name above one
     for name in order:
-        if not any(nests(name, other) for other in won):
-            won.append(name)
-    return set(won)
+        if not name:
+            won.add(name)  # the unnamed environment (label "default") nests with none
+            continue
+        above = suffixes(name)
+        if name in below_won or any(s in won for s in above):
+            continue
+        won.add(name)
+        below_won.update(above)
+    return won
 
 
 def shadowed_by(name: str, winners: Iterable[str]) -> list[str]:

@@ -4,7 +4,8 @@ what it did (discovery.daemon.Turn), and a change costs what it changed (issue 9
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -49,8 +50,6 @@ def register(etcd: Etcd) -> Iterator[Register]:
     stop = Stopper()
     s = session(etcd)
     reg = Register(settings, s, HostRuntime("hosta", "127.0.0.2"), Metrics(), stop)
-    import threading
-
     threads = [
         threading.Thread(target=m.run, args=(stop.event,), daemon=True)
         for m in (reg.announces, reg.frontends)
@@ -76,6 +75,16 @@ def turn_until(reg: Register, want: str, timeout: float = 10) -> Turn:
     return wait_for(one, timeout, 0.02, f"a cycle that {want!r}")
 
 
+def turn_while(reg: Register, busy: Callable[[], bool], timeout: float = 10) -> None:
+    """Turn the loop until ``busy`` says it is done."""
+
+    def one() -> bool:
+        reg.cycle()
+        return not busy()
+
+    wait_for(one, timeout, 0.02, "the register to catch up")
+
+
 def test_a_foreign_announcement_costs_no_derivation(register: Register, etcd: Etcd) -> None:
     """Another host's announcement is parsed and indexed: the cycle says it followed one
     change, derives no key and writes nothing; a local one derives its path and writes
@@ -83,7 +92,7 @@ def test_a_foreign_announcement_costs_no_derivation(register: Register, etcd: Et
     s = session(etcd)
     for i in range(50):
         s.put(f"/announce{WEB}/other{i}", record(f"other{i}", f"host{i}"))
-    wait_for(lambda: register.cycle() and len(register.state.index) == 50, 10, 0.02, "50")
+    turn_while(register, lambda: len(register.state.index) < 50)
     before = register.state.derivations
 
     s.put(f"/announce{WEB}/otherx", record("otherx", "hostx"))
