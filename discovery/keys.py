@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from discovery.records import ID_RE, InvalidRecord, Reason, ServicePath
 
 
-def dns_child(instance_id: str) -> str:
-    """The SkyDNS child key of an instance: lower-cased, ``.`` and ``_`` turned into ``-``."""
+def dns_base(instance_id: str) -> str:
+    """An ID as a DNS label: lower-cased, ``.`` and ``_`` turned into ``-``."""
     return instance_id.lower().replace(".", "-").replace("_", "-")
+
+
+def dns_hashed(instance_id: str) -> str:
+    """:func:`dns_base` with ``-`` and the first 8 hex digits of the ID's SHA-256."""
+    digest = hashlib.sha256(instance_id.encode("utf-8", errors="surrogateescape")).hexdigest()
+    return f"{dns_base(instance_id)}-{digest[:8]}"
+
+
+def dns_child(instance_id: str) -> str:
+    """The SkyDNS child key of an instance on its own (SPEC §5): :func:`dns_base`, hashed
+    (:func:`dns_hashed`) when that changed more than the case, so that ``web.1`` and
+    ``web_1`` never share a child. IDs of one name that differ only in case still would:
+    :func:`dns_children` settles a whole name."""
+    base = dns_base(instance_id)
+    return base if base == instance_id.lower() else dns_hashed(instance_id)
+
+
+def dns_children(instance_ids: Iterable[str]) -> dict[str, str]:
+    """The child key of every instance ID of one DNS name (SPEC §5): :func:`dns_child`,
+    and hashed also when two IDs would share it (``Web1`` and ``web1`` both get a hash).
+    Two different IDs then share a child only if their hashes collide too (or an ID is
+    made to be another's hashed child, which is hashed in turn and so differs)."""
+    ids = set(instance_ids)
+    sharing: dict[str, list[str]] = {}
+    for instance_id in ids:
+        sharing.setdefault(dns_child(instance_id), []).append(instance_id)
+    return {
+        instance_id: dns_hashed(instance_id) if len(group) > 1 else child
+        for child, group in sharing.items()
+        for instance_id in group
+    }
 
 
 @dataclass(frozen=True)

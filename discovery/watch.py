@@ -59,10 +59,15 @@ class PrefixMirror:
         metrics: Metrics | None = None,
         backoff: Backoff | None = None,
         track_changes: bool = False,
+        on_events: Callable[[WatchBatch | None], None] | None = None,
     ) -> None:
         self.session = session
         self.prefix = prefix.rstrip("/") + "/"
         self.on_change = on_change
+        # For consumers that follow the changes instead of re-reading the snapshot: each
+        # applied batch, or None after a (re)list (anything may have changed). Called in
+        # the mirror's thread, after the change is in the snapshot and before on_change.
+        self.on_events = on_events
         self.metrics = metrics
         self.backoff = backoff or Backoff()
         self._lock = threading.Lock()
@@ -141,6 +146,8 @@ class PrefixMirror:
                 if must_list:
                     self._list()
                     must_list = False
+                    if self.on_events is not None:
+                        self.on_events(None)
                     self.on_change()
                 elif self.session.revision(self.prefix) < self._revision:
                     log.warning(
@@ -187,6 +194,8 @@ class PrefixMirror:
                     raise item
                 if item.events:
                     self._apply(item)
+                    if self.on_events is not None:
+                        self.on_events(item)
                     self.on_change()
         finally:
             cancel()

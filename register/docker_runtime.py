@@ -126,34 +126,60 @@ class Matched:
     ambiguous: list[str]
 
 
+@dataclass(frozen=True)
+class Containers:
+    """Running containers indexed the way announcements name them."""
+
+    by_id: dict[str, Container]  # full and short id
+    by_hostname: dict[str, list[Container]]
+
+    @classmethod
+    def of(cls, containers: Iterable[Container]) -> Containers:
+        by_id: dict[str, Container] = {}
+        by_hostname: dict[str, list[Container]] = {}
+        for c in containers:
+            by_id[c.id] = by_id[c.short_id] = c
+            by_hostname.setdefault(c.hostname, []).append(c)
+        return cls(by_id, by_hostname)
+
+    def find(self, instance_id: str) -> Container | None:
+        """The container an ``ID`` names: by id, else by hostname if only one has it.
+        Raises ``LookupError`` when several running containers have it as hostname."""
+        found = self.by_id.get(instance_id)
+        if found is not None:
+            return found
+        named = self.by_hostname.get(instance_id, [])
+        if len(named) > 1:
+            raise LookupError(instance_id)
+        return named[0] if named else None
+
+
+def place_in(record: AnnounceRecord, container: Container, host_ip: str) -> Placement | None:
+    """Where the world reaches ``record``'s ``PORT`` in ``container`` (None: unpublished)."""
+    if container.host_network:
+        # No NAT: the service listens on the host's own addresses.
+        return Placement(ip=host_ip, ext_port=record.port)
+    return binding_placement(container.ports.get(f"{record.port}/tcp"), host_ip)
+
+
 def match(
     announces: Mapping[str, AnnounceRecord], containers: Iterable[Container], host_ip: str
 ) -> Matched:
     """Announcements whose ``ID`` is a running container's id (full or short) or hostname,
     placed at the host binding of their ``PORT/tcp``. Others are not on this host."""
-    by_id: dict[str, Container] = {}
-    by_hostname: dict[str, list[Container]] = {}
-    for c in containers:
-        by_id[c.id] = by_id[c.short_id] = c
-        by_hostname.setdefault(c.hostname, []).append(c)
+    index = Containers.of(containers)
     placements: dict[str, Placement] = {}
     unpublished: list[tuple[str, int]] = []
     ambiguous: list[str] = []
     for key, record in announces.items():
-        found = by_id.get(record.id)
-        if found is None:
-            named = by_hostname.get(record.id, [])
-            if len(named) > 1:
-                ambiguous.append(record.id)
-                continue
-            found = named[0] if named else None
+        try:
+            found = index.find(record.id)
+        except LookupError:
+            ambiguous.append(record.id)
+            continue
         if found is None:
             continue
-        if found.host_network:
-            # No NAT: the service listens on the host's own addresses.
-            placements[key] = Placement(ip=host_ip, ext_port=record.port)
-            continue
-        place = binding_placement(found.ports.get(f"{record.port}/tcp"), host_ip)
+        place = place_in(record, found, host_ip)
         if place is None:
             unpublished.append((found.id, record.port))
         else:
@@ -216,33 +242,61 @@ class DockerRuntime:
         self._unreachable = False
         self._warned: set[tuple[str, int]] = set()
         self._warned_ambiguous: set[str] = set()
+        # The containers the placements were last computed from, indexed.
+        self._indexed: list[Container] = []
+        self._index: Containers | None = None
 
     # --- placements (the register loop's thread) --------------------------------------
 
-    def place(self, announces: Mapping[str, AnnounceRecord]) -> dict[str, Placement]:
+    @property
+    def interval(self) -> float | None:
+        """The loop turns at least this often: the list is refreshed every ``max_age``."""
+        return self.max_age
+
+    def refresh(self) -> bool:
+        """List the containers again when an event said so or the list is old; True when
+        the running containers changed since the last call."""
         self._maybe_refresh()
         if self._containers is None:
             raise PlacementUnknown("the Docker engine has not answered yet")
-        matched = match(announces, self._containers, self.host_ip)
-        running = {c.id for c in self._containers}
+        if self._index is not None and self._containers == self._indexed:
+            return False
+        self._indexed = list(self._containers)
+        self._index = Containers.of(self._indexed)
+        running = {c.id for c in self._indexed}
         self._warned = {w for w in self._warned if w[0] in running}
-        for container_id, port in matched.unpublished:
-            if (container_id, port) not in self._warned:
-                self._warned.add((container_id, port))
+        self._warned_ambiguous = {
+            i for i in self._warned_ambiguous if len(self._index.by_hostname.get(i, ())) > 1
+        }
+        return True
+
+    def place(self, key: str, record: AnnounceRecord) -> Placement | None:
+        """Where ``record`` runs on this engine, per the last :meth:`refresh`."""
+        if self._index is None:
+            return None
+        try:
+            found = self._index.find(record.id)
+        except LookupError:
+            if record.id not in self._warned_ambiguous:
+                self._warned_ambiguous.add(record.id)
                 log.warning(
-                    "[docker] container %s does not publish port %d/tcp; its announcement "
-                    "is not registered until it does",
-                    container_id[:12],
-                    port,
+                    "[docker] ID %s is the hostname of several running containers; "
+                    "not registered (give them distinct hostnames)",
+                    record.id,
                 )
-        for ident in sorted(set(matched.ambiguous) - self._warned_ambiguous):
+            return None
+        if found is None:
+            return None
+        where = place_in(record, found, self.host_ip)
+        if where is None and (found.id, record.port) not in self._warned:
+            self._warned.add((found.id, record.port))
             log.warning(
-                "[docker] ID %s is the hostname of several running containers; "
-                "not registered (give them distinct hostnames)",
-                ident,
+                "[docker] container %s does not publish port %d/tcp; its announcement "
+                "is not registered until it does",
+                found.id[:12],
+                record.port,
             )
-        self._warned_ambiguous = set(matched.ambiguous)
-        return matched.placements
+        return where
 
     def _maybe_refresh(self) -> None:
         now = self.clock()

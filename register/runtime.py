@@ -8,7 +8,7 @@ asks the local Docker engine (``register.docker_runtime``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Protocol
 
 import docker.errors
@@ -21,9 +21,21 @@ from register.transform import Placement
 class Runtime(Protocol):
     name: str
 
-    def place(self, announces: Mapping[str, AnnounceRecord]) -> dict[str, Placement]:
-        """The placement of every local announcement, by announce key; others are absent.
-        Raises ``PlacementUnknown`` when it cannot tell yet."""
+    @property
+    def interval(self) -> float | None:
+        """Call :meth:`refresh` at least this often (None: only when :meth:`watch` wakes
+        the loop)."""
+        ...
+
+    def refresh(self) -> bool:
+        """Bring the view of this host's workloads up to date (cheap when nothing is
+        due); True when it changed since the last call, so that every announcement must
+        be placed again. Raises ``PlacementUnknown`` while it cannot tell yet."""
+        ...
+
+    def place(self, key: str, record: AnnounceRecord) -> Placement | None:
+        """Where the announcement under ``key`` runs, if on this host (as of the last
+        :meth:`refresh`); None when it is not local."""
         ...
 
     def watch(self, wake: Callable[[], None], stop: threading.Event) -> None:
@@ -36,17 +48,20 @@ class HostRuntime:
     """Processes on this host that set ``ANNOUNCE_HOST`` to our ``NODE_NAME``."""
 
     name = "host"
+    interval = None
 
     def __init__(self, node_name: str, host_ip: str) -> None:
         self.node_name = node_name
         self.host_ip = host_ip
 
-    def place(self, announces: Mapping[str, AnnounceRecord]) -> dict[str, Placement]:
-        return {
-            key: Placement(ip=self.host_ip, ext_port=record.port)
-            for key, record in announces.items()
-            if record.host == self.node_name
-        }
+    def refresh(self) -> bool:
+        """Placements depend on the announcements alone: nothing else to look at."""
+        return False
+
+    def place(self, key: str, record: AnnounceRecord) -> Placement | None:
+        if record.host != self.node_name:
+            return None
+        return Placement(ip=self.host_ip, ext_port=record.port)
 
     def watch(self, wake: Callable[[], None], stop: threading.Event) -> None:
         """Placements change only with the announcements: nothing to watch."""

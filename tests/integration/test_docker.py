@@ -24,6 +24,7 @@ from discovery.etcd import EtcdSession
 from discovery.keys import Layout
 from discovery.records import AnnounceRecord, ServicePath
 from tests.docker_helpers import (
+    IMAGE,
     SKIP_ENV,
     Dockerd,
     DockerdFailed,
@@ -272,3 +273,59 @@ def test_register_started_while_dockerd_down_removes_nothing(
     wait_for(lambda: s.get(service_key(second)), 15, 0.05, "a new container registered")
     assert keys(s, "/services/")[service_key(first)] == before[service_key(first)]
     assert deletes.stop() == []
+
+
+def test_one_hostname_on_two_hosts_is_reported_not_fought_over(
+    servers: Stack, etcd: Etcd, engine: Dockerd
+) -> None:
+    """Two hosts each run a container with the same user-set hostname (here: two
+    registers with their own NODE_NAME on one engine, so both see it as theirs): the
+    first register holds the ID's keys, the other reports the conflict once (log +
+    metric) and never writes or deletes them (issue 8 item 8)."""
+    from tests.helpers import metric_value, scrape
+    from tests.servers import free_port
+
+    s = session(etcd)
+    lease = s.grant(60)[0]
+    ports = {"hosta": free_port(), "hostb": free_port()}
+    registers = {
+        node: servers.daemon(
+            "register",
+            register_env(
+                etcd,
+                node,
+                ip,
+                RUNTIME="docker",
+                DOCKER_HOST=engine.url,
+                METRICS_ADDR=str(ports[node]),
+            ),
+        )
+        for node, ip in (("hosta", "127.0.0.2"), ("hostb", "127.0.0.3"))
+    }
+    script = "busybox hostname > /www/index.html && exec busybox httpd -f -p 8080 -h /www"
+    engine.cli(
+        "run", "-d", "--init", "--hostname", "web1", "-p", "127.0.0.1::8080", IMAGE,
+        "/bin/sh", "-c", script,
+    )  # fmt: skip
+    time.sleep(1)  # both registers have seen the container
+    puts = EventRecorder(s, "/services/", deletes=False)
+    deletes = DeleteRecorder(s, "/services/")
+    announce(s, lease, "web1")
+    record = wait_for(lambda: keys(s, "/services/").get(service_key("web1")), 10, 0.05, "held")
+    holder, other = record["NODE"], ({"hosta", "hostb"} - {record["NODE"]}).pop()
+
+    def conflicts() -> float:
+        try:
+            return metric_value(scrape(ports[other]), "haroute_register_conflicts", kind="instance")
+        except OSError:
+            return -1
+
+    wait_for(lambda: conflicts() == 1, 10, 0.1, "the conflict reported")
+    time.sleep(SHORT_TTL * 2 + 0.5)  # the other register retries every TTL
+    assert keys(s, "/services/")[service_key("web1")]["NODE"] == holder
+    assert puts.stop() == [service_key("web1")]
+    assert deletes.stop() == []
+    log_text = registers[other].log()
+    assert log_text.count(f"conflict: {service_key('web1')}") == 1, log_text
+    assert f"node {holder} registered the same instance" in log_text
+    assert conflicts() == 1

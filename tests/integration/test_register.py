@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
-from tests.helpers import SHORT_TTL, DeleteRecorder, announce_env, keys, register_env, session
+from discovery.etcd import EtcdSession
+from tests.helpers import (
+    SHORT_TTL,
+    DeleteRecorder,
+    EventRecorder,
+    announce_env,
+    keys,
+    register_env,
+    session,
+)
 from tests.servers import Etcd, Stack, wait_for
 
 DB = "/internal/app1/dev/db/ghost.example"
@@ -174,7 +186,7 @@ def test_foreign_key_is_left_alone(servers: Stack, etcd: Etcd) -> None:
     r = servers.daemon("register", register_env(etcd))
     servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
     wait_for(lambda: keys(s, "/skydns/"), 5, what="dns record written")
-    wait_for(lambda: "another node's lease" in r.log(), 5, what="conflict logged")
+    wait_for(lambda: "conflict: " + key in r.log(), 5, what="conflict logged")
     kv = s.get(key)
     assert kv is not None and kv.lease == lease and json.loads(kv.value) == foreign
 
@@ -278,3 +290,250 @@ def test_metrics_per_service_and_records(servers: Stack, etcd: Etcd) -> None:
     for d in web:
         d.send(signal.SIGTERM)
     wait_for(lambda: f'service="{WEB}"' not in scrape(port), 10, what="web series removed")
+
+
+# --- issue 8 item 3: a register converges on what etcd really holds ----------------------
+
+
+def _announce_record(path: str, instance_id: str, port: int, host: str = "hosta") -> str:
+    _scope, app, env, service, *name = path.strip("/").split("/")
+    return json.dumps(
+        {
+            "ID": instance_id,
+            "APP": app,
+            "ENV": env,
+            "SERVICE": service,
+            "NAME": name[0] if name else "",
+            "PORT": port,
+            "TYPE": "TCP",
+            "HOST": host,
+        }
+    )
+
+
+def test_keys_deleted_or_changed_by_hand_come_back_within_one_ttl(
+    servers: Stack, etcd: Etcd
+) -> None:
+    """A /services or /skydns key deleted by hand, or overwritten without our lease, is
+    written again within one TTL (issue 8 item 3): the register reads its keys back."""
+    s = session(etcd)
+    servers.daemon("register", register_env(etcd))
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP"))
+    svc = "/services/internal/app1/dev/db/ghost.example/hosta-5432"
+    dns = "/skydns/local/skydns/internal/app1/dev/db/example/ghost/hosta-5432"
+    wait_for(lambda: s.get(svc) and s.get(dns), 10, what="registered")
+    want = {svc: keys(s, svc)[svc], dns: keys(s, dns)[dns]}
+    lease = s.get(svc).lease  # type: ignore[union-attr]
+    time.sleep(SHORT_TTL)  # well past the first cycles: nothing is pending any more
+
+    s.delete(svc)
+    s.put(dns, json.dumps({"host": "192.0.2.66", "port": 1, "ttl": 1}))  # no lease
+    for key, value in want.items():
+        wait_for(
+            lambda k=key, v=value: (
+                (kv := s.get(k)) is not None and json.loads(kv.value) == v and kv.lease == lease
+            ),
+            SHORT_TTL + 2,
+            0.05,
+            f"{key} written again under the register's lease",
+        )
+
+
+def test_keys_lost_in_an_etcd_snapshot_restore_come_back(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """etcd restored from a snapshot: leases survive, keys written after the snapshot do
+    not. The register writes the keys it lost, without being restarted (issue 8 item 3).
+    Here the lost keys are those of an announcement the snapshot has but the register
+    had not registered yet when it was taken."""
+    s = session(etcd)
+    lease, _ = s.grant(120)  # the announcements' lease: granted before the snapshot
+    svc = "/services/internal/app1/dev/db/ghost.example/"
+    r = servers.daemon("register", register_env(etcd))
+    s.put(f"/announce{DB}/kept", _announce_record(DB, "kept", 5432), lease=lease)
+    wait_for(lambda: set(keys(s, svc)) == {svc + "kept"}, 10, what="registered")
+
+    r.send(signal.SIGSTOP)  # the register has not seen "late" when the snapshot is taken
+    try:
+        s.put(f"/announce{DB}/late", _announce_record(DB, "late", 5434), lease=lease)
+        snapshot = tmp_path / "snap.db"
+        etcd.ctl("snapshot", "save", str(snapshot))
+    finally:
+        r.send(signal.SIGCONT)
+    wait_for(lambda: svc + "late" in keys(s, svc), 10, what="late registered")
+    expected = {k: v for k, v in keys(s, "/").items() if not k.startswith("/announce/")}
+    assert len(expected) == 4  # two service records, two DNS records
+
+    etcd.stop()
+    restore(etcd, snapshot)
+    etcd.start()
+    s = session(etcd)
+    assert svc + "late" not in keys(s, svc), "the restore did not lose the key"
+    wait_for(
+        lambda: (
+            {k: v for k, v in keys(s, "/").items() if not k.startswith("/announce/")} == expected
+        ),
+        SHORT_TTL * 3,
+        0.1,
+        "the register's keys as before the restore",
+    )
+
+
+def restore(etcd: Etcd, snapshot: Path) -> None:
+    """Replace ``etcd``'s data directory with ``snapshot`` restored (etcdctl, v3)."""
+    import shutil
+    import subprocess
+
+    shutil.rmtree(etcd.data_dir)
+    subprocess.run(
+        [
+            "etcdctl",
+            "snapshot",
+            "restore",
+            str(snapshot),
+            "--data-dir",
+            str(etcd.data_dir),
+            "--name",
+            etcd.name,
+            "--initial-cluster",
+            f"{etcd.name}={etcd.peer_url}",
+            "--initial-advertise-peer-urls",
+            etcd.peer_url,
+        ],
+        env={**os.environ, "ETCDCTL_API": "3"},
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+
+
+# --- issue 8 item 4: DNS names never nest, DNS children never shared ---------------------
+
+DB_EXAMPLE = "/internal/app1/dev/db/example"
+DNS_EXAMPLE = "/skydns/local/skydns/internal/app1/dev/db/example/"
+DNS_GHOST = "/skydns/local/skydns/internal/app1/dev/db/example/ghost/"
+
+
+def _direct(s: EtcdSession, directory: str) -> dict[str, Any]:
+    """The DNS records of one name: the keys right below its directory."""
+    return {k: v for k, v in keys(s, directory).items() if "/" not in k[len(directory) :]}
+
+
+def test_nesting_names_the_first_keeps_dns_until_it_goes(servers: Stack, etcd: Etcd) -> None:
+    """NAME=example then NAME=ghost.example of one service, on two hosts: example keeps
+    its DNS records, ghost.example gets none and is reported (log + metric), also while
+    example's instances are replaced one by one; once example is gone, ghost.example gets
+    its records (SPEC §5, issue 8 item 4)."""
+    from tests.helpers import metric_value, scrape
+    from tests.servers import free_port
+
+    s = session(etcd)
+    port_b = free_port()
+    servers.daemon("register", register_env(etcd, "hosta", "127.0.0.2"))
+    rb = servers.daemon(
+        "register", register_env(etcd, "hostb", "127.0.0.3", METRICS_ADDR=str(port_b))
+    )
+    first = servers.daemon(
+        "announce", announce_env(etcd, DB_EXAMPLE, 5432, type_="TCP", host="hosta")
+    )
+    wait_for(lambda: _direct(s, DNS_EXAMPLE), 10, what="example's DNS record")
+    servers.daemon("announce", announce_env(etcd, DB, 5432, type_="TCP", host="hostb"))
+    wait_for(lambda: "/services" + DB + "/hostb-5432" in keys(s, "/services/"), 10, what="ghost")
+
+    def shadowed() -> float:
+        try:
+            return metric_value(scrape(port_b), "haroute_register_dns_shadowed", service=DB)
+        except OSError:
+            return -1
+
+    time.sleep(1)  # the register of hostb has long written ghost.example's records, if any
+    assert keys(s, DNS_GHOST) == {}, "ghost.example's records nest below example's"
+    wait_for(lambda: shadowed() == 1, 10, what="ghost.example reported")
+    assert f"[dns] {DB} would nest with {DB_EXAMPLE}" in rb.log()
+
+    # example's instance replaced by another (started first, then the old one stops):
+    # example still holds its DNS records, ghost.example still none.
+    second = servers.daemon(
+        "announce", announce_env(etcd, DB_EXAMPLE, 5433, type_="TCP", host="hosta")
+    )
+    wait_for(lambda: len(_direct(s, DNS_EXAMPLE)) == 2, 10, what="second example instance")
+    first.send(signal.SIGTERM)
+    wait_for(lambda: set(_direct(s, DNS_EXAMPLE)) == {DNS_EXAMPLE + "hosta-5433"}, 10)
+    time.sleep(1)
+    assert keys(s, DNS_GHOST) == {}
+    assert shadowed() == 1
+
+    second.send(signal.SIGTERM)  # example is gone: ghost.example gets its records
+    wait_for(lambda: set(keys(s, DNS_GHOST)) == {DNS_GHOST + "hostb-5432"}, 10, what="ghost")
+    assert _direct(s, DNS_EXAMPLE) == {}
+    series = f'haroute_register_dns_shadowed{{service="{DB}"}}'
+    wait_for(lambda: series not in scrape(port_b), 10, what="report cleared")
+
+
+def test_ids_differing_in_punctuation_or_case_get_their_own_dns_records(
+    servers: Stack, etcd: Etcd
+) -> None:
+    """web.1 and web_1, Web1 and web1: four instances of one name, four DNS records, none
+    replacing another (SPEC §5, issue 8 item 4)."""
+    s = session(etcd)
+    servers.daemon("register", register_env(etcd))
+    ids = ["web.1", "web_1", "Web1", "web1"]
+    for i, instance_id in enumerate(ids):
+        servers.daemon(
+            "announce", announce_env(etcd, DB, 6000 + i, type_="TCP", ANNOUNCE_ID=instance_id)
+        )
+    dns_dir = "/skydns/local/skydns/internal/app1/dev/db/example/ghost/"
+    wait_for(lambda: len(keys(s, "/services/")) == 4, 10, what="four service records")
+    wait_for(lambda: len(keys(s, dns_dir)) == 4, 10, what="four DNS records")
+    assert sorted(v["port"] for v in keys(s, dns_dir).values()) == [6000, 6001, 6002, 6003]
+
+
+# --- issue 8 item 8: conflicts are reported, never fought over ---------------------------
+
+
+def test_two_registers_with_one_node_name_never_fight(servers: Stack, etcd: Etcd) -> None:
+    """A second register with the NODE_NAME of a live one (another host, misconfigured)
+    does not adopt the first one's lease, never overwrites or deletes its keys, and
+    reports the conflict (log + metric) (issue 8 item 8). REGISTER_TTL=6: a live
+    register's lease never reads below 4 s, which tells it from a dead predecessor's."""
+    from tests.helpers import metric_value, scrape
+    from tests.servers import free_port
+
+    s = session(etcd)
+    ttl = "6"
+    servers.daemon(
+        "register",
+        register_env(etcd, "hosta", "127.0.0.2", REGISTER_TTL=ttl, FRONTEND_IP="127.0.0.9"),
+    )
+    servers.daemon("announce", announce_env(etcd, WEB, 8080, ANNOUNCE_ID="w1"))
+    svc = "/services/internal/app1/dev/web/ghost.example/w1"
+    dns = "/skydns/local/skydns/internal/app1/dev/web/example/ghost/w1"
+    wait_for(lambda: s.get(svc) and s.get(dns), 10, what="registered by the first")
+    before = {kv.key: (kv.value, kv.lease) for kv in s.get_prefix("/")[0] if kv.lease}
+    before = {k: v for k, v in before.items() if not k.startswith("/announce/")}
+    deletes = EventRecorder(s, "/services/")
+    dns_deletes = EventRecorder(s, "/skydns/")
+    puts = EventRecorder(s, "/", deletes=False)
+
+    port = free_port()
+    twin = servers.daemon(
+        "register",
+        register_env(etcd, "hosta", "127.0.0.3", REGISTER_TTL=ttl, METRICS_ADDR=str(port)),
+    )
+
+    def conflicts(kind: str) -> float:
+        try:
+            return metric_value(scrape(port), "haroute_register_conflicts", kind=kind)
+        except OSError:
+            return -1
+
+    wait_for(lambda: conflicts("node_name") == 1, 20, 0.1, "the NODE_NAME conflict reported")
+    wait_for(lambda: conflicts("instance") == 1, 20, 0.1, "the instance conflict reported")
+    assert "another live register has NODE_NAME=hosta" in twin.log()
+    time.sleep(int(ttl))  # a TTL more: a register that fought would have by now
+    after = {kv.key: (kv.value, kv.lease) for kv in s.get_prefix("/")[0] if kv.lease}
+    after = {k: v for k, v in after.items() if not k.startswith("/announce/")}
+    assert after == before
+    assert deletes.stop() == [] and dns_deletes.stop() == []
+    assert [k for k in puts.stop() if not k.startswith("/announce/")] == []
+    assert twin.log().count(f"conflict: {svc}") == 1, "reported once, not every retry"

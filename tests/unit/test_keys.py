@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
-from discovery.keys import Layout, dns_child
+from discovery.keys import Layout, dns_child, dns_children
 from discovery.records import InvalidRecord, Reason, ServicePath
 
 DOMAIN = "skydns.local"
+
+
+def sha8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 DB = ServicePath.parse("/internal/app1/dev/db/ghost.example")
 WEB = ServicePath.parse("/internal/app1/dev/web/ghost.example")
 UNNAMED = ServicePath.parse("/internal/app1/dev/web")
@@ -17,16 +25,41 @@ UNNAMED = ServicePath.parse("/internal/app1/dev/web")
     ("instance_id", "child"),
     [
         ("0ce60d000eac", "0ce60d000eac"),
-        ("7874ghGD121s", "7874ghgd121s"),
-        ("web.1", "web-1"),
-        ("web_1", "web-1"),
-        ("Host_A.example-8080", "host-a-example-8080"),
-        ("a..b__c", "a--b--c"),
+        ("7874ghGD121s", "7874ghgd121s"),  # only the case changed: no hash
+        ("web-1", "web-1"),
+        # More than the case changed: the first 8 hex digits of the ID's SHA-256 follow.
+        ("web.1", "web-1-f2059589"),
+        ("web_1", "web-1-c703c3ba"),
+        ("Host_A.example-8080", "host-a-example-8080-85e548fe"),
+        ("a..b__c", "a--b--c-b2da043e"),
     ],
 )
 def test_dns_child(instance_id: str, child: str) -> None:
-    """A SkyDNS child key is the ID lower-cased with '.' and '_' turned into '-'."""
+    """A SkyDNS child key is the ID lower-cased with '.' and '_' turned into '-', and
+    hashed when that changed more than the case (SPEC §5): web.1 and web_1 differ."""
     assert dns_child(instance_id) == child
+
+
+@pytest.mark.parametrize(
+    ("ids", "children"),
+    [
+        (["web1"], ["web1"]),
+        (["Web1"], ["web1"]),
+        # IDs of one name that differ only in case: both hashed.
+        (["web1", "Web1"], ["web1-659a7fb2", "web1-fbb6f4c5"]),
+        (["web.1", "web_1", "web-1"], ["web-1-f2059589", "web-1-c703c3ba", "web-1"]),
+        # An ID made to look like another's hashed child is hashed in turn.
+        (
+            ["web.1", "web-1-f2059589"],
+            ["web-1-f2059589", "web-1-f2059589-" + sha8("web-1-f2059589")],
+        ),
+    ],
+)
+def test_dns_children_of_one_name(ids: list[str], children: list[str]) -> None:
+    """Within one name, two different IDs never share a child (SPEC §5)."""
+    got = dns_children(ids)
+    assert [got[i] for i in ids] == children
+    assert len(set(got.values())) == len(ids)
 
 
 @pytest.mark.parametrize(

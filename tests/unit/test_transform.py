@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -19,11 +20,13 @@ from register.runtime import HostRuntime
 from register.transform import (
     Delete,
     DnsConfig,
+    NameClaim,
     Op,
     Placement,
     Put,
     desired_keys,
     dns_records,
+    dns_winners,
     own_leases,
     parse_announcements,
     parse_frontends,
@@ -48,6 +51,7 @@ LB1 = FrontendRecord("lb1", "192.0.2.10", 80, ("/services/internal/app1/dev",))
 LB2 = FrontendRecord("LB_2.b", "192.0.2.20", 8080, ("/services/internal/app1/dev/web",))
 LB_SIT = FrontendRecord("lb-sit", "192.0.2.30", 80, ("/services/internal/app1/sit",))
 LB_ALL = FrontendRecord("lb-all", "192.0.2.40", 80, ("/services",))
+LB2_CHILD = "lb-2-b-" + hashlib.sha256(b"LB_2.b").hexdigest()[:8]
 
 
 def kv(key: str, value: bytes | str, *, lease: int = 0, rev: int = 1) -> KV:
@@ -150,7 +154,7 @@ def test_tcp_record_goes_straight_to_the_instance() -> None:
             DNS_FALLBACK,
             {
                 f"{WEB_SKYDNS}/0ce60d000eac-lb1": dns("192.0.2.10", 80),
-                f"{WEB_SKYDNS}/0ce60d000eac-lb-2-b": dns("192.0.2.20", 8080),
+                f"{WEB_SKYDNS}/0ce60d000eac-{LB2_CHILD}": dns("192.0.2.20", 8080),
             },
         ),
         (
@@ -183,20 +187,25 @@ def test_http_frontend_covers_by_whole_components() -> None:
     }
 
 
+def sha8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 @pytest.mark.parametrize(
     ("instance_id", "child"),
     [
-        ("Web_1.Host-A", "web-1-host-a"),
+        ("Web_1.Host-A", "web-1-host-a-" + sha8("Web_1.Host-A")),
         ("ABC", "abc"),
-        ("a.b_c", "a-b-c"),
+        ("a.b_c", "a-b-c-" + sha8("a.b_c")),
     ],
 )
 @pytest.mark.parametrize("kind", ["TCP", "HTTP"])
 def test_child_names_are_lower_case_with_dashes(instance_id: str, child: str, kind: str) -> None:
-    """IDs with '.', '_' or upper case become lower-case '-' child keys."""
+    """IDs with '.', '_' or upper case become lower-case '-' child keys, hashed when more
+    than the case changed (SPEC §5); so do frontend IDs in HTTP records."""
     frontends = [FrontendRecord("LB_1.X", "192.0.2.1", 80, ("/services",))]
     records = dns_records(service(WEB, instance_id, kind), frontends, LAYOUT, DNS)
-    expected_child = child if kind == "TCP" else f"{child}-lb-1-x"
+    expected_child = child if kind == "TCP" else f"{child}-lb-1-x-{sha8('LB_1.X')}"
     assert list(records) == [f"{WEB_SKYDNS}/{expected_child}"]
 
 
@@ -274,7 +283,7 @@ def test_desired_keys_http_with_frontends_under_a_root() -> None:
     )
     assert sorted(out) == [
         "/haroute/services/internal/app1/dev/web/ghost.example/0ce60d000eac",
-        f"/haroute{WEB_SKYDNS}/0ce60d000eac-lb-2-b",
+        f"/haroute{WEB_SKYDNS}/0ce60d000eac-{LB2_CHILD}",
         f"/haroute{WEB_SKYDNS}/0ce60d000eac-lb1",
     ]
 
@@ -294,8 +303,10 @@ def test_host_runtime_places_records_of_its_node() -> None:
     other = AnnounceRecord(WEB, "hostb-80", 80, "HTTP", host="hostb")
     docker = AnnounceRecord(WEB, "0ce60d000eac", 80, "HTTP")
     upper = AnnounceRecord(WEB, "HOSTA-80", 80, "HTTP", host="HOSTA")
-    announces = {"k1": mine, "k2": other, "k3": docker, "k4": upper}
-    assert HostRuntime("hosta", "10.0.0.5").place(announces) == {"k1": Placement("10.0.0.5", 80)}
+    runtime = HostRuntime("hosta", "10.0.0.5")
+    assert runtime.place("k1", mine) == Placement("10.0.0.5", 80)
+    assert [runtime.place("k", r) for r in (other, docker, upper)] == [None, None, None]
+    assert runtime.refresh() is False
 
 
 # --- own leases -----------------------------------------------------------------------
@@ -400,3 +411,70 @@ def test_plan_applied_reaches_desired() -> None:
         else:
             del state[op.key]
     assert state == {key: (value, OUR_LEASE) for key, value in desired.items()}
+
+
+# --- DNS nesting (SPEC §5) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claims", "winners"),
+    [
+        ({}, set()),
+        ({"": NameClaim(5), "example": NameClaim(7)}, {"", "example"}),
+        # example created first: ghost.example gets no DNS records.
+        ({"example": NameClaim(3), "ghost.example": NameClaim(4)}, {"example"}),
+        ({"example": NameClaim(4), "ghost.example": NameClaim(3)}, {"ghost.example"}),
+        # A name that holds records keeps them against one created earlier.
+        (
+            {"example": NameClaim(4, holds=True), "ghost.example": NameClaim(3)},
+            {"example"},
+        ),
+        # Both hold (written before this rule, or a race): the first created wins.
+        (
+            {"example": NameClaim(4, holds=True), "ghost.example": NameClaim(3, holds=True)},
+            {"ghost.example"},
+        ),
+        # Not a dot-suffix: no nesting (ample is not a label of example).
+        ({"example": NameClaim(3), "ample": NameClaim(4)}, {"example", "ample"}),
+        # Siblings below one name both win once the shorter one lost.
+        (
+            {"x.a": NameClaim(1), "y.a": NameClaim(2), "a": NameClaim(3)},
+            {"x.a", "y.a"},
+        ),
+        ({"a": NameClaim(1), "x.a": NameClaim(2), "y.x.a": NameClaim(3)}, {"a"}),
+        # A chain: a loses to b.a, so c.b.a... still nests with b.a and loses too.
+        ({"b.a": NameClaim(1), "a": NameClaim(2), "c.b.a": NameClaim(3)}, {"b.a"}),
+        # Same revision (one transaction): the first by text.
+        ({"example": NameClaim(3), "ghost.example": NameClaim(3)}, {"example"}),
+    ],
+)
+def test_dns_winners(claims: dict[str, NameClaim], winners: set[str]) -> None:
+    """Of two names of one service that nest, the one holding records, else the one
+    created first, keeps DNS records; the other gets none (SPEC §5)."""
+    assert dns_winners(claims) == winners
+
+
+def test_desired_keys_keep_nesting_names_out_of_dns() -> None:
+    """The whole derivation: the later of two nesting names gets its service record but
+    no DNS record; DNS children of one name never collide."""
+    example = ServicePath.parse("/internal/app1/dev/db/example")
+    records = {
+        "k1": AnnounceRecord(example, "web.1", 5432, "TCP", host="hosta"),
+        "k2": AnnounceRecord(DB, "web_1", 5432, "TCP", host="hosta"),
+        "k3": AnnounceRecord(example, "web_1", 5433, "TCP", host="hostb"),
+    }
+    placements = {"k1": Placement("10.0.0.5", 1), "k2": Placement("10.0.0.5", 2)}
+    out = desired_keys(
+        records,
+        placements,
+        [],
+        node="hosta",
+        layout=LAYOUT,
+        dns=DNS,
+        revisions={"k1": 7, "k2": 5, "k3": 9},
+    )
+    assert sorted(out) == [
+        "/services/internal/app1/dev/db/example/web.1",
+        "/services/internal/app1/dev/db/ghost.example/web_1",
+        f"{DB_SKYDNS}/web-1-{sha8('web_1')}",
+    ]
