@@ -3,6 +3,7 @@
 Run by hand (not a test, nothing here asserts on speed)::
 
     .venv/bin/python bench/scale.py register [--trials N] [--others 100,10000]
+    .venv/bin/python bench/scale.py lb [--backends 1000] [--servers 10] [--trials 200]
 
 One case per subcommand; each starts real servers on loopback (etcd, our daemons) with
 the helpers of the test suite, and stops them by pid at the end, also on Ctrl-C.
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import scale_lb  # noqa: E402
 from discovery.etcd import EtcdSession  # noqa: E402
 from discovery.kv import WatchBatch  # noqa: E402
 from discovery.settings import endpoints  # noqa: E402
@@ -425,10 +427,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run the registers from another checkout (e.g. an older commit, to compare)",
     )
     reg.set_defaults(func=run_register)
+    lb = cases.add_parser(
+        "lb",
+        help="a big lb (1000 x 10) and a small one (1 x 10) on one etcd (bench/scale_lb.py)",
+        add_help=False,
+    )
+    lb.add_argument("rest", nargs=argparse.REMAINDER, help="scale_lb.py's own options")
+    lb.set_defaults(func=lambda a: scale_lb.main(a.rest))
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lb"]:
+        return scale_lb.main(argv[1:])  # its own options (argparse cannot pass them on)
     args = parse_args(argv)
     result: int = args.func(args)
     return result

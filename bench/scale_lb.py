@@ -3,6 +3,7 @@
 Run by hand (not a test; nothing here asserts on speed)::
 
     .venv/bin/python bench/scale.py lb [--backends 1000] [--servers 10] [--trials 200]
+    (or bench/scale_lb.py with the same options)
 
 Two lbs on one etcd at once, each with its own HAProxy: a small one (1 backend x 10
 servers) and a big one (``--backends`` x ``--servers``); every record is written before
