@@ -371,7 +371,7 @@ class Controller:
         """Fit the fd budget, render, check, install, reload (``lb/install.py``)."""
         self.pending |= layout
         reason = reasons[0]
-        target = for_reload(target, self.s.slots)
+        target = for_reload(target, self.s.slots, spare=self.s.timers.spare_backends)
         fitted = self._fit(target)
         if fitted is None:
             self._refuse(reasons, "over the fd budget: " + self.budget.account(), now)
@@ -546,6 +546,7 @@ class Controller:
         target = for_reload(
             plan(desired, Applied(), now=self.clock(), timers=self.s.timers, map_path="").target,
             self.s.slots,
+            spare=self.s.timers.spare_backends,
         )
         fitted = self._fit(target) or Applied()
         template = (Path(self.s.template_dir) / TEMPLATE).read_text()
@@ -570,6 +571,7 @@ class Controller:
                 self.s.adopt_map_path,
                 self.clock(),
                 known=None if adopting else self.applied,
+                domain=self.s.dns_domain,
             )
         except (RuntimeUnavailable, RuntimeCommandError) as exc:
             log.warning("[lb] cannot read the running HAProxy back (%s)", exc)
@@ -645,7 +647,12 @@ class Controller:
                 self._put(key, kv)
         try:
             running = state.read_applied(
-                self.files.layout, self.runtime, self.s.adopt_map_path, now, known=self.applied
+                self.files.layout,
+                self.runtime,
+                self.s.adopt_map_path,
+                now,
+                known=self.applied,
+                domain=self.s.dns_domain,
             )
         except (RuntimeUnavailable, RuntimeCommandError) as exc:
             log.warning("[reconcile] cannot read HAProxy back: %s", exc)
@@ -694,7 +701,31 @@ class Controller:
         if self.frontend is not None:
             with contextlib.suppress(EtcdUnavailable):
                 self.frontend.revoke()
-        self.haproxy.shutdown()
+        if self.haproxy.shutdown():
+            self._persist()
+
+    def _persist(self) -> None:
+        """HAProxy was stopped: write what it ran into its files (checked, not reloaded),
+        so that a HAProxy started from them while etcd is down serves what this one
+        served, runtime changes and spare-backend environments included."""
+        if not self.applied.backends:
+            return
+        target = self._fit(
+            for_reload(self.applied, self.s.slots, spare=self.s.timers.spare_backends)
+        )
+        if target is None:
+            return
+        try:
+            template = (Path(self.s.template_dir) / TEMPLATE).read_text()
+            text = render_config(template, target, self.ctx, TEMPLATE, maxconn=self.budget.maxconn)
+        except Exception:  # a broken template: the files of the last good config stay
+            log.exception("[lb] cannot render the running state into the files")
+            return
+        candidate = Candidate(text, render_map(target), state.layout_text(target, self.budget))
+        if self.installer.check(candidate).ok:
+            self.installer.commit(candidate)
+            self.installer.settle()
+            log.info("[lb] wrote the running state into %s for the next start", self.files.cfg)
 
     # --- timers, /frontends and metrics --------------------------------------------------------
 

@@ -77,6 +77,26 @@ def backend_name(path: ServicePath, mode: str) -> str:
     return ("be_" if mode == "http" else "tcp_") + "_".join(parts)
 
 
+def backend_for_host(host: str, domain: str) -> str | None:
+    """The HTTP backend whose Host is ``host`` (SPEC §5 names, read backwards): how a
+    restarted lb knows which environment a spare backend in the map serves. ``None`` for
+    a name that is not a service's."""
+    suffix = "." + domain
+    if not host.endswith(suffix):
+        return None
+    labels = host[: -len(suffix)].split(".")
+    if len(labels) < 5:
+        return None
+    name = ".".join(labels[:-4])
+    try:
+        path = ServicePath.parse(
+            "/" + "/".join(reversed(labels[-4:])) + ("" if name == "default" else "/" + name)
+        )
+    except InvalidRecord:
+        return None
+    return backend_name(path, "http") if path.dns_name(domain) == host else None
+
+
 def parse_records(
     items: Iterable[KV], layout: Layout, listen_paths: Iterable[str]
 ) -> tuple[list[tuple[KV, ServiceRecord]], list[Rejected]]:

@@ -37,8 +37,9 @@ class ExternalHAProxy:
     def ensure_running(self) -> Ensured:
         return Ensured.RUNNING if self.alive() else Ensured.ABSENT
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> bool:
         """Nothing to stop: the supervisor owns HAProxy."""
+        return False
 
     def alive(self) -> bool:
         """The runtime socket answers ``show info``."""

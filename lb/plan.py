@@ -68,13 +68,30 @@ class Slot:
 
 @dataclass(frozen=True)
 class Backend:
-    """One backend or listen of the running config; ``slots`` are the rendered ones."""
+    """One backend or listen of the running config; ``slots`` are the rendered ones.
+
+    ``mode`` is ``http``, ``tcp``, or ``pool`` for a free spare backend
+    (``pool_http_<n>``, SPEC §6 "Spare pool"). An HTTP environment served by a spare
+    backend it took at runtime has that backend's name in ``proxy``."""
 
     name: str
     mode: str
     slots: int
     host: str = ""
     port: int = 0
+    proxy: str = ""
+
+    @property
+    def haproxy(self) -> str:
+        """The name HAProxy knows it by: its own, or the spare backend it is bound to."""
+        return self.proxy or self.name
+
+
+POOL_PREFIX = "pool_http_"
+
+
+def pool_name(n: int) -> str:
+    return f"{POOL_PREFIX}{n}"
 
 
 @dataclass(frozen=True)
@@ -164,12 +181,29 @@ class Timers:
     initial_slots: int
     drain_timeout: float
     gc_after: float
+    spare_backends: int = 0
 
 
 def wanted_slots(live: int, minimum: int) -> int:
     """Slots a backend should have: a small headroom over its live servers (a quarter,
     at least one), and at least ``SLOTS``. The fd budget may cut the headroom."""
     return max(minimum, live + max(1, -(-live // 4)))
+
+
+Entry = tuple[Backend, tuple[Slot, ...], float | None] | None
+
+
+@dataclass
+class _Step:
+    """What planning one backend gives: its (and maybe a spare's) new entries, the
+    commands, the reload it needs, and what it looks like on the running layout."""
+
+    entries: dict[str, Entry]
+    commands: list[str]
+    reason: str | None = None
+    interim: list[str] = field(default_factory=list)
+    interim_entry: Entry = None
+    room: int = 0
 
 
 def plan(
@@ -192,53 +226,46 @@ def plan(
     todo = sorted(set(services) | set(applied.backends)) if names is None else sorted(names)
     reasons: list[str] = []
     layout: set[str] = set()
-    changed: dict[str, tuple[Backend, tuple[Slot, ...], float | None] | None] = {}
-    interim_changed: dict[str, tuple[Backend, tuple[Slot, ...], float | None] | None] = {}
+    changed: dict[str, Entry] = {}
+    interim_changed: dict[str, Entry] = {}
     commands: list[str] = []
     interim: list[str] = []
     room = dynamic_room
     claimed = {s.port: n for n, s in services.items() if s.mode == "tcp"} if full else None
+    spare = _free_pool(applied, timers.spare_backends)
 
     for name in todo:
         service = services.get(name)
         old = applied.backends.get(name)
-        if service is None and old is None:
-            continue  # nothing wanted, nothing running (a service left out, say)
-        instances = service.instances if service else ()
-        table, cmds, room = _assign(
-            name,
-            applied.slots.get(name, ()),
-            instances,
-            now=now,
-            drain_timeout=timers.drain_timeout,
-            sessions=sessions,
-            room=room if old is not None else 0,
-        )
-        if old is not None:
-            interim += cmds
-            interim_changed[name] = (old, table, applied.empty_since.get(name))
+        if (service is None and old is None) or (old is not None and old.mode == "pool"):
+            continue  # nothing wanted nor running, or a free spare: nothing to plan
         port_wanted = (
             service is None
             and old is not None
             and old.mode == "tcp"
             and _port_claimed(old, services, claimed, exclude=name)
         )
-        entry, reason = _layout(
+        step = _plan_one(
             name,
             service,
             old,
-            table,
-            since=applied.empty_since.get(name, now),
+            applied,
+            spare=spare,
             port_wanted=port_wanted,
             now=now,
             timers=timers,
+            sessions=sessions,
+            room=room,
         )
-        changed[name] = entry
-        if reason is not None:
-            reasons.append(reason)
+        room = step.room
+        changed.update(step.entries)
+        commands += step.commands
+        interim += step.interim
+        if step.interim_entry is not None:
+            interim_changed[name] = step.interim_entry
+        if step.reason is not None:
+            reasons.append(step.reason)
             layout.add(name)
-        elif old is not None:
-            commands += cmds
 
     hosts = _host_changes(applied, changed, todo, full=full)
     target = applied.with_backends(changed, hosts)
@@ -246,7 +273,9 @@ def plan(
         # A reload installs the whole target; the unplaced instances get slots there.
         # Draining slots start the new worker disabled (the old worker finishes their
         # connections).
-        reload_target = for_reload(target, timers.initial_slots, services, changed)
+        reload_target = for_reload(
+            target, timers.initial_slots, services, changed, spare=timers.spare_backends
+        )
         interim_target = applied.with_backends(interim_changed, {})
         return Plan(
             reload_target,
@@ -258,6 +287,96 @@ def plan(
         )
     commands += _map_commands(applied.hosts, hosts, map_path)
     return Plan(target, tuple(commands), interim=tuple(commands), interim_target=target)
+
+
+def _plan_one(
+    name: str,
+    service: Service | None,
+    old: Backend | None,
+    applied: Applied,
+    *,
+    spare: list[str],
+    port_wanted: bool,
+    now: float,
+    timers: Timers,
+    sessions: Mapping[tuple[str, str], int],
+    room: int,
+) -> _Step:
+    if old is None and service is not None and service.mode == "http" and spare:
+        bound = _bind(
+            name, service, applied, spare, now=now, timers=timers, sessions=sessions, room=room
+        )
+        if bound is not None:
+            return bound
+    table, cmds, left = _assign(
+        old.haproxy if old is not None else name,
+        applied.slots.get(name, ()),
+        service.instances if service else (),
+        now=now,
+        drain_timeout=timers.drain_timeout,
+        sessions=sessions,
+        room=room if old is not None else 0,
+    )
+    interim_entry: Entry = (old, table, applied.empty_since.get(name)) if old else None
+    since = applied.empty_since.get(name, now)
+    if service is None and old is not None and old.proxy:
+        return _Step(_unbind(name, old, table, since), cmds, None, cmds, interim_entry, left)
+    entry, reason = _layout(
+        name, service, old, table, since=since, port_wanted=port_wanted, now=now, timers=timers
+    )
+    keep = cmds if old is not None and reason is None else []
+    return _Step({name: entry}, keep, reason, cmds if old else [], interim_entry, left)
+
+
+def _bind(
+    name: str,
+    service: Service,
+    applied: Applied,
+    spare: list[str],
+    *,
+    now: float,
+    timers: Timers,
+    sessions: Mapping[tuple[str, str], int],
+    room: int,
+) -> _Step | None:
+    """A new HTTP environment takes the first free spare backend: its servers are set
+    in the spare's slots (more with ``add server`` while there is room); its Host is
+    added to the map after them (map commands come last). ``None`` when its instances
+    do not fit: then it needs a reload like before."""
+    pool = spare[0]
+    backend = applied.backends[pool]
+    table, cmds, left = _assign(
+        pool,
+        applied.slots.get(pool, ()),
+        service.instances,
+        now=now,
+        drain_timeout=timers.drain_timeout,
+        sessions=sessions,
+        room=room,
+    )
+    if _unplaced(table, service.instances):
+        return None
+    spare.pop(0)
+    bound = Backend(name, "http", backend.slots, service.host, service.port, proxy=pool)
+    return _Step({pool: None, name: (bound, table, None)}, cmds, room=left)
+
+
+def _unbind(name: str, old: Backend, table: tuple[Slot, ...], since: float) -> dict[str, Entry]:
+    """An environment gone from a spare backend: its Host goes at once (the map
+    commands), its servers drain, and once they are all out the spare is free again."""
+    if any(s.live for s in table):
+        return {name: (old, table, since)}
+    return {name: None, old.proxy: (Backend(old.proxy, "pool", old.slots), table, None)}
+
+
+def _free_pool(applied: Applied, spare: int) -> list[str]:
+    """The free spare backends, lowest first (a look at ``spare`` names, not a walk)."""
+    free = []
+    for n in range(spare):
+        backend = applied.backends.get(pool_name(n))
+        if backend is not None and backend.mode == "pool":
+            free.append(backend.name)
+    return free
 
 
 def _layout(
@@ -286,7 +405,7 @@ def _layout(
         table += tuple(Slot() for _ in range(wanted_slots(live, timers.initial_slots) - live))
         backend = Backend(name, service.mode, len(table), service.host, service.port)
         return (backend, table, None), "new_backend"
-    backend = Backend(name, service.mode, old.slots, service.host, service.port)
+    backend = Backend(name, service.mode, old.slots, service.host, service.port, old.proxy)
     if _unplaced(table, service.instances):
         return (backend, table, None), "slots_exhausted"
     if old.port != service.port or old.host != service.host:
@@ -314,18 +433,19 @@ def _port_claimed(
 
 def _host_changes(
     applied: Applied,
-    changed: Mapping[str, tuple[Backend, tuple[Slot, ...], float | None] | None],
+    changed: Mapping[str, Entry],
     names: Collection[str],
     *,
     full: bool,
 ) -> dict[str, str | None]:
-    """Host map entries to set (or delete: ``None``). A full plan compares the whole map
-    (stray entries of an adopted map go); a partial one the touched backends' hosts."""
+    """Host map entries to set (or delete: ``None``), pointing at the name HAProxy knows
+    each backend by. A full plan compares the whole map (stray entries of an adopted map
+    go); a partial one the touched backends' hosts."""
     hosts: dict[str, str | None] = {}
     if full:
         wanted = {
-            entry[0].host: name
-            for name, entry in changed.items()
+            entry[0].host: entry[0].haproxy
+            for entry in changed.values()
             if entry is not None and entry[0].mode == "http" and entry[0].host
         }
         for host in applied.hosts:
@@ -335,18 +455,21 @@ def _host_changes(
         return hosts
     for name in names:
         old = applied.backends.get(name)
-        entry = changed.get(name)
-        new_host = entry[0].host if entry is not None and entry[0].mode == "http" else ""
+        new = old
+        if name in changed:
+            entry = changed[name]
+            new = entry[0] if entry is not None else None
+        new_host = new.host if new is not None and new.mode == "http" else ""
         if (
             old is not None
             and old.mode == "http"
             and old.host
             and old.host != new_host
-            and applied.hosts.get(old.host) == name
+            and applied.hosts.get(old.host) == old.haproxy
         ):
             hosts[old.host] = None
-        if new_host:
-            hosts[new_host] = name
+        if new is not None and new_host:
+            hosts[new_host] = new.haproxy
     return hosts
 
 
@@ -355,26 +478,39 @@ def for_reload(
     minimum: int,
     services: Mapping[str, Service] | None = None,
     changed: Collection[str] = (),
+    *,
+    spare: int = 0,
 ) -> Applied:
     """The state a reload installs: every desired instance in a rendered slot (dynamic and
     deleted slots folded in, draining ones free: the old worker finishes their
     connections), each backend sized by :func:`wanted_slots` over what it runs. The
     instances of ``services`` for the ``changed`` backends that found no slot get one.
-    The fd budget (``lb/budget.py``) may cut the headroom before it is rendered."""
+    Environments served by spare backends are rendered under their own names and the pool
+    is full again: ``spare`` free backends of ``minimum`` slots. The fd budget
+    (``lb/budget.py``) may cut the headroom before it is rendered."""
     slots: dict[str, tuple[Slot, ...]] = {}
     backends: dict[str, Backend] = {}
     services = services or {}
     for name, backend in target.backends.items():
+        if backend.mode == "pool":
+            continue
         table = target.slots.get(name, ())
         service = services.get(name)
         instances = service.instances if service is not None and name in changed else ()
         kept = [replace(s, dynamic=False, since=0.0) for s in table if s.state == "ready"]
         placed = {s.instance for s in kept}
         kept += [Slot(i.ip, i.port, "ready", i.id) for i in instances if i.id not in placed]
+        if backend.proxy and not kept:
+            continue  # an environment that went while it was on a spare backend
         size = wanted_slots(len(kept), minimum)
         slots[name] = tuple(kept) + tuple(Slot() for _ in range(size - len(kept)))
-        backends[name] = replace(backend, slots=size)
-    return Applied(backends, slots, target.hosts, target.empty_since)
+        backends[name] = replace(backend, slots=size, proxy="")
+    for n in range(spare):
+        pool = pool_name(n)
+        backends[pool] = Backend(pool, "pool", minimum)
+        slots[pool] = tuple(Slot() for _ in range(minimum))
+    hosts = {b.host: b.name for b in backends.values() if b.mode == "http" and b.host}
+    return Applied(backends, slots, hosts, target.empty_since)
 
 
 def _unplaced(table: tuple[Slot, ...], instances: tuple[Instance, ...]) -> int:

@@ -88,6 +88,6 @@ class HAProxyProcess(Protocol):
         """Make HAProxy load the installed config; confirmed, not assumed."""
         ...
 
-    def shutdown(self) -> None:
-        """The lb exits: stop HAProxy softly if it is ours; otherwise nothing."""
+    def shutdown(self) -> bool:
+        """The lb exits: stop HAProxy softly if it is ours (``True``); otherwise nothing."""
         ...

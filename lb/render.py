@@ -76,7 +76,7 @@ def render_config(
             "servers": servers,
             "port": int(backend.port),
         }
-        (http if backend.mode == "http" else tcp).append(entry)
+        (tcp if backend.mode == "tcp" else http).append(entry)
     return env.from_string(template).render(
         lb_id=check_safe(ctx.lb_id),
         template=name,

@@ -119,6 +119,18 @@ class LbSettings(CommonSettings):
     maxconn: int | None = setting(
         "MAXCONN", maxconn, "auto", "HAProxy's global maxconn (auto: sized to the fd budget)"
     )
+    spare_backends: int = setting(
+        "SPARE_BACKENDS",
+        s.non_negative_int,
+        "16",
+        "HTTP backends kept ready for new environments (0: off)",
+    )
+    pool_refill_after: float = setting(
+        "POOL_REFILL_AFTER",
+        s.duration,
+        "60",
+        "seconds a spare backend serves before a reload gives it back (pool_refill)",
+    )
     reconcile_interval: float = setting(
         "RECONCILE_INTERVAL",
         s.positive_duration,
@@ -165,7 +177,8 @@ class LbSettings(CommonSettings):
 
     @property
     def timers(self) -> Timers:
-        return Timers(self.slots, self.drain_timeout, self.backend_gc_after)
+        spare = self.spare_backends if self.http_bind is not None else 0
+        return Timers(self.slots, self.drain_timeout, self.backend_gc_after, spare)
 
     def render_context(self) -> RenderContext:
         return RenderContext(

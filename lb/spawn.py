@@ -346,9 +346,10 @@ class SpawnedHAProxy:
                 return info
             self.sleep(self.poll_interval)
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> bool:
         log.info("[lb] stopping HAProxy softly")
         self.stop(soft=True)
+        return True
 
     def stop(self, soft: bool = True, timeout: float = 10) -> None:
         """Stop our HAProxy. Soft: SIGUSR1 to the master, whose workers finish their

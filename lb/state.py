@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from lb.budget import Budget
+from lb.desired import backend_for_host
 from lb.plan import Applied, Backend, Slot
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable
 
@@ -70,6 +71,8 @@ def adopted_state(
     hosts: Mapping[str, str],
     now: float | None = None,
     known: Applied | None = None,
+    *,
+    domain: str = "",
 ) -> Applied | None:
     """Applied state from a running HAProxy: ``servers`` are (backend, server, addr, port,
     admin state). ``None`` when HAProxy does not run the layout we wrote (a rendered slot
@@ -106,7 +109,31 @@ def adopted_state(
                 since = now if row[2] == "drain" else 0.0
                 table.append(Slot(row[0], row[1], row[2], None, since, dynamic))
         slots[name] = _remember(tuple(table), mine or ())
-    return Applied(dict(layout), slots, dict(hosts), dict(known.empty_since) if known else {})
+    backends = dict(layout)
+    _bindings(backends, slots, hosts, known, domain)
+    return Applied(backends, slots, dict(hosts), dict(known.empty_since) if known else {})
+
+
+def _bindings(
+    backends: dict[str, Backend],
+    slots: dict[str, tuple[Slot, ...]],
+    hosts: Mapping[str, str],
+    known: Applied | None,
+    domain: str,
+) -> None:
+    """Spare backends the map points at serve an environment (bound at runtime): which
+    one, the lb's memory says, or else the Host read backwards (SPEC §5)."""
+    mine = {b.proxy: n for n, b in known.backends.items() if b.proxy} if known else {}
+    for host, proxy in hosts.items():
+        spare = backends.get(proxy)
+        if spare is None or spare.mode != "pool":
+            continue
+        name = mine.get(proxy) or backend_for_host(host, domain)
+        if name is None or name in backends:
+            continue
+        del backends[proxy]
+        backends[name] = Backend(name, "http", spare.slots, host, proxy=proxy)
+        slots[name] = slots.pop(proxy)
 
 
 def _matches(table: tuple[Slot, ...], found: Mapping[int, tuple[str, int, str]]) -> bool:
@@ -150,6 +177,8 @@ def read_applied(
     map_path: str | None,
     now: float | None = None,
     known: Applied | None = None,
+    *,
+    domain: str = "",
 ) -> Applied | None:
     """What a running HAProxy runs, as the lb sees it: our layout file, checked against
     ``show servers state`` and ``show map``. Raises ``RuntimeUnavailable`` /
@@ -161,7 +190,7 @@ def read_applied(
         (st.backend, st.server, st.addr, st.port, st.admin) for st in runtime.servers_state()
     ]
     hosts = runtime.show_map(map_path) if map_path else {}
-    return adopted_state(layout, servers, hosts, now, known)
+    return adopted_state(layout, servers, hosts, now, known, domain=domain)
 
 
 def drift(believed: Applied, running: Applied) -> list[str]:
@@ -198,7 +227,8 @@ def draining_sessions(
             return runtime.server_sessions()
         sessions: dict[tuple[str, str], int] = {}
         for name in wanted:
-            sessions.update(runtime.server_sessions(name))
+            backend = applied.backends.get(name)
+            sessions.update(runtime.server_sessions(backend.haproxy if backend else name))
         return sessions
     except (RuntimeUnavailable, RuntimeCommandError):
         return {}

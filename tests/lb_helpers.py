@@ -264,6 +264,15 @@ class LbStack:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
+    def haproxy_backend(self, path: str) -> str:
+        """The HAProxy backend that serves ``path``'s Host now (``show map``): its own, or
+        the spare backend it took at runtime."""
+        for line in self.admin(f"show map {self.dir / 'hosts.map'}").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == host_of(path):
+                return parts[2]
+        raise AssertionError(f"{host_of(path)} is not in HAProxy's map")
+
     def haproxy_reloads(self) -> int:
         """The master's own reload counter (`show proc`), not ours."""
         return parse_show_proc(self.master("show proc")).reloads

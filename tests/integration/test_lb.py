@@ -52,9 +52,10 @@ def test_add_remove_move_without_reload(servers: Stack, etcd: Etcd, tmp_path: Pa
 def test_new_environments_reload_once_and_coalesce(
     servers: Stack, etcd: Etcd, tmp_path: Path
 ) -> None:
-    """A new environment costs exactly 1 reload; 20 new ones inside one
-    RELOAD_MIN_INTERVAL cost at most 2."""
-    with lb_stack(servers, etcd, tmp_path, RELOAD_MIN_INTERVAL="2") as lb:
+    """Without spare backends (SPARE_BACKENDS=0, or a pool that ran out) a new
+    environment costs exactly 1 reload; 20 new ones inside one RELOAD_MIN_INTERVAL cost
+    at most 2."""
+    with lb_stack(servers, etcd, tmp_path, RELOAD_MIN_INTERVAL="2", SPARE_BACKENDS="0") as lb:
         b = lb.backend("b")
         lb.start()
         start = lb.haproxy_reloads()
@@ -77,7 +78,7 @@ def test_slots_exhausted_adds_servers_without_reload(
     """3x SLOTS instances in one backend: the ones beyond the rendered slots are added with
     `add server` (0 reloads, by HAProxy's own count) and serve; a later reload renders
     them as ordinary slots and every instance still serves."""
-    with lb_stack(servers, etcd, tmp_path, SLOTS="2") as lb:
+    with lb_stack(servers, etcd, tmp_path, SLOTS="2", SPARE_BACKENDS="0") as lb:
         backends = [lb.backend(f"b{i}") for i in range(6)]
         lb.start()
         lb.put(WEB, "w0", backends[0].port)
@@ -114,7 +115,7 @@ def test_no_failed_request_during_changes_and_reloads(
     servers: Stack, etcd: Etcd, tmp_path: Path
 ) -> None:
     """A bounded request loop during 100 instance changes and 5 reloads sees 0 failures."""
-    with lb_stack(servers, etcd, tmp_path, DRAIN_TIMEOUT="0.5") as lb:
+    with lb_stack(servers, etcd, tmp_path, DRAIN_TIMEOUT="0.5", SPARE_BACKENDS="0") as lb:
         backends = [lb.backend(f"b{i}") for i in range(4)]
         lb.start()
         lb.put(WEB, "w0", backends[0].port)
@@ -410,7 +411,7 @@ def test_failed_runtime_command_reloads_the_full_state(
     runtime command fails, and the lb reloads the complete desired state. With
     LOG_FORMAT=json every log line is one JSON object, and the failure and the reload name
     their backend, server and reason."""
-    with lb_stack(servers, etcd, tmp_path, LOG_FORMAT="json") as lb:
+    with lb_stack(servers, etcd, tmp_path, LOG_FORMAT="json", SPARE_BACKENDS="0") as lb:
         b1, b2 = lb.backend("b1"), lb.backend("b2")
         lb.start()
         lb.put(WEB, "w1", b1.port)
@@ -502,7 +503,9 @@ def test_external_haproxy_is_driven_through_its_reload_command(
 def test_empty_backend_removed_after_gc_delay(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
     """A backend whose instances all went stays (no reload) until BACKEND_GC_AFTER, then
     a reload with reason backend_removed takes it and its Host out."""
-    with lb_stack(servers, etcd, tmp_path, BACKEND_GC_AFTER="2", DRAIN_TIMEOUT="0") as lb:
+    with lb_stack(
+        servers, etcd, tmp_path, BACKEND_GC_AFTER="2", DRAIN_TIMEOUT="0", SPARE_BACKENDS="0"
+    ) as lb:
         b = lb.backend("b")
         lb.start()
         lb.put(WEB, "w1", b.port)
