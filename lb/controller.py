@@ -111,6 +111,8 @@ class Controller:
         # fd budget, the template): not tried again until one of them changes.
         self.refused: tuple[frozenset[str], frozenset[str]] | None = None
         self.planned: set[str] = set()
+        self.bindings: dict[str, str] = {}  # environment -> the spare backend serving it
+        self.pool_since: float | None = None  # since when a spare backend is in use
         self._ports: tuple[object, dict[int, str]] = (None, {})
         self.gate = Gate(settings.reload_min_interval)
         self.excluded_ports: set[int] = set()
@@ -165,6 +167,7 @@ class Controller:
         if now >= self.next_alive:
             self._check_haproxy(now)
         self._check_template()
+        self._check_pool(now)
         if not all(m.synced for m in self.mirrors):
             return Turn(self._next(now), "waiting for the first list from etcd")
         if now >= self.next_reconcile:
@@ -455,7 +458,7 @@ class Controller:
         self.refused = None
         self.pending.clear()
         self.expect_new_worker = True
-        self.planned = set(target.backends) | set(self.watch)
+        self.planned = set(target.backends) | set(self.watch) | set(self.bindings)
         self._settled(target, now)
         for reason in reasons:
             self.metrics.reloads.labels(reason, "ok").inc()
@@ -732,6 +735,8 @@ class Controller:
     def _next(self, now: float) -> float:
         """Seconds until the next timer of any kind."""
         times = [self.next_alive, self.next_reconcile, *self.watch.values()]
+        if self.pool_since is not None and "pool_refill" not in self.forced:
+            times.append(self.pool_since + self.s.pool_refill_after)
         expiry = self.guard.next_expiry()
         if expiry is not None:
             times.append(expiry)
@@ -808,6 +813,36 @@ class Controller:
         )
         self.metrics.drains.set(drains)
         self.metrics.dynamic_servers.set(self.applied.dynamic_count())
+        self._report_pool(names)
+
+    def _report_pool(self, names: Collection[str]) -> None:
+        """Which environment each spare backend serves (so HAProxy's per-backend metrics
+        can be read under the environment's name), and since when the pool is in use."""
+        for name in names:
+            backend = self.applied.backends.get(name)
+            proxy = backend.proxy if backend is not None else ""
+            before = self.bindings.get(name)
+            if before is not None and before != proxy:
+                with contextlib.suppress(KeyError):
+                    self.metrics.pool_binding.remove(before, name)
+                del self.bindings[name]
+            if proxy and before != proxy:
+                self.bindings[name] = proxy
+                self.metrics.pool_binding.labels(proxy, name).set(1)
+                log.info("[pool] %s serves %s", proxy, name, extra={"backend": name})
+        spare = self.s.timers.spare_backends
+        self.metrics.pool.labels("bound").set(len(self.bindings))
+        self.metrics.pool.labels("free").set(max(0, spare - len(self.bindings)))
+        if self.bindings and self.pool_since is None:
+            self.pool_since = self.clock()
+        elif not self.bindings:
+            self.pool_since = None
+
+    def _check_pool(self, now: float) -> None:
+        """A spare backend in use for POOL_REFILL_AFTER: a reload gives the bound
+        environments their own backends and fills the pool again (coalesced)."""
+        if self.pool_since is not None and now - self.pool_since >= self.s.pool_refill_after:
+            self.forced.add("pool_refill")
 
 
 def _subject(command: str) -> dict[str, str]:

@@ -110,6 +110,20 @@ class LbMetrics(Metrics):
             "back-off before the next try of a reload HAProxy rejected (0: none pending)",
             registry=r,
         )
+        self.pool = Gauge(
+            "haroute_pool",
+            "spare HTTP backends (pool_http_<n>) by state: free, bound",
+            ["state"],
+            registry=r,
+        )
+        for state in ("free", "bound"):
+            self.pool.labels(state)
+        self.pool_binding = Gauge(
+            "haroute_pool_binding",
+            "1 for the environment (backend) a spare backend (pool_backend) serves",
+            ["pool_backend", "backend"],
+            registry=r,
+        )
         self.reconciles = Counter(
             "haroute_reconciles_total",
             "full read-backs of HAProxy's state, by outcome (clean|repaired)",
