@@ -1096,16 +1096,25 @@ def _stored_config(kv: KV | None, key: str) -> dict[str, Any]:
 def _edited(
     old: Mapping[str, Any], sets: Mapping[str, Any], unsets: Sequence[str]
 ) -> dict[str, Any]:
-    new = json.loads(json.dumps(old))  # a deep copy
+    """``old`` with the fields of ``unsets`` removed (matched case-insensitively, so that
+    a hand-written ``"balance"`` can go too) and those of ``sets`` set."""
+    new: dict[str, Any] = json.loads(json.dumps(old))  # a deep copy
     for name in unsets:
         outer, _, inner = name.partition(".")
-        if inner and isinstance(new.get(outer), dict):
-            new[outer].pop(inner, None)
-            if not new[outer]:
+        if inner:
+            check = new.get(outer)
+            if not isinstance(check, dict):
+                check = {}
+            found = [k for k in check if k.upper() == inner]
+            for key in found:
+                del check[key]
+            if found and not check:
                 del new[outer]
-        elif not inner and name in new:
-            del new[name]
-        elif name not in FIELDS_BY_NAME and name != "CHECK":
+        else:
+            found = [k for k in new if k.upper() == name]
+            for key in found:
+                del new[key]
+        if not found and name not in FIELDS_BY_NAME and name != "CHECK":
             raise BadInput(f"unknown field {name!r:.60}, and not in the stored value")
     for name, value in sets.items():
         outer, _, inner = name.partition(".")
@@ -1115,7 +1124,7 @@ def _edited(
             new[outer][inner] = value
         else:
             new[name] = value
-    return dict(new)
+    return new
 
 
 def _show_config(settings: CommonSettings, path: ConfigPath) -> int:

@@ -247,7 +247,9 @@ def test_config_keeps_stored_fields_the_lb_ignores_until_unset(
     removes it; a stored value that is not an object is replaced."""
     s = session(etcd)
     key = f"/config{GHOST}"
-    s.put(key, json.dumps({"BALANSE": "source", "CHECK": {"INTERVAL": "fast"}}))
+    s.put(key, json.dumps({"BALANSE": "source", "CHECK": {"INTERVAL": "fast"}, "rise": 2}))
+    ran = ok(env, "config", GHOST, "--unset", "RISE")  # any case: the lb knows no "rise"
+    assert written(ran) == (key, {"BALANSE": "source", "CHECK": {"INTERVAL": "fast"}})
     ran = ok(env, "config", GHOST, "--set", "MAXCONN=100")
     assert written(ran) == (
         key,
