@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from discovery.opsconfig import ConfigPath
 from discovery.records import ID_RE, InvalidRecord, Reason, ServicePath
 
 
@@ -67,6 +68,16 @@ class Layout:
     def frontends(self) -> str:
         return f"{self.root}/frontends"
 
+    @property
+    def config(self) -> str:
+        """Operator settings, ``/config<path>`` (SPEC §10)."""
+        return f"{self.root}/config"
+
+    @property
+    def maintenance(self) -> str:
+        """Operator pins, ``/maintenance<path>/<ID>`` (SPEC §10)."""
+        return f"{self.root}/maintenance"
+
     def announce_key(self, path: ServicePath, instance_id: str) -> str:
         return f"{self.announce}{path.text}/{instance_id}"
 
@@ -75,6 +86,12 @@ class Layout:
 
     def frontend_key(self, lb_id: str) -> str:
         return f"{self.frontends}/{lb_id}"
+
+    def config_key(self, path: ConfigPath | ServicePath) -> str:
+        return f"{self.config}{path.text}"
+
+    def maintenance_key(self, path: ServicePath, instance_id: str) -> str:
+        return f"{self.maintenance}{path.text}/{instance_id}"
 
     def skydns_dir(self, path: ServicePath, domain: str) -> str:
         """``/skydns/`` + the labels of the service's DNS name, reversed (SPEC §5)."""
@@ -104,3 +121,14 @@ class Layout:
         if ID_RE.fullmatch(lb_id) is None:
             raise InvalidRecord(Reason.BAD_KEY, f"{key!r:.120} is not /frontends/<LB_ID>")
         return lb_id
+
+    def split_config_key(self, key: str) -> ConfigPath:
+        """The path of a ``/config<path>`` key; a sibling such as ``/configx/...`` is refused."""
+        prefix = self.config + "/"
+        if not key.startswith(prefix):
+            raise InvalidRecord(Reason.BAD_KEY, f"{key!r:.120} is not under {self.config}")
+        return ConfigPath.parse(key[len(self.config) :])
+
+    def split_maintenance_key(self, key: str) -> tuple[ServicePath, str]:
+        """Split ``/maintenance<path>/<ID>`` into its service path and instance ID."""
+        return self.split_instance_key(self.maintenance, key)

@@ -1,18 +1,27 @@
-"""``haroute``: the operator CLI (SPEC §7) — ``status``, ``plan`` and ``render``.
+"""``haroute``: the operator CLI (SPEC §7) — ``status``, ``plan`` and ``render`` look;
+``drain``, ``maint``, ``ready``, ``weight``, ``unpin`` and ``config`` write operator
+records to etcd (SPEC §10).
 
-It takes the lb's own settings (same environment variables and ``--flags``) and computes
-with the daemon's own functions what the lb sees and would do: a fresh read of the
-listened ``/services`` prefixes → :func:`lb.desired.from_snapshot`; the running HAProxy
-as a restarted lb would adopt it → :func:`lb.state.read_applied`; then
-:func:`lb.plan.plan` and :func:`lb.render.render_config`. It only reads: no runtime
+The looking commands take the lb's own settings (same environment variables and
+``--flags``) and compute with the daemon's own functions what the lb sees and would do: a
+fresh read of the listened ``/services`` prefixes → :func:`lb.desired.from_snapshot`; the
+running HAProxy as a restarted lb would adopt it → :func:`lb.state.read_applied`; then
+:func:`lb.plan.plan` and :func:`lb.render.render_config`. They only read: no runtime
 command that changes anything is sent and no file is written.
+
+The writing commands need only the lb's etcd settings (``ETCD_*``, ``HAROUTE_PREFIX``).
+They check every input with the parsers the lb reads the records with
+(:mod:`discovery.opsconfig`) before they connect, write one key, and print it with its
+value. They never touch HAProxy: every lb applies what they write.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import pwd
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,8 +32,34 @@ from typing import Any, NoReturn
 from discovery.daemon import load_or_exit
 from discovery.etcd import EtcdSession, EtcdUnavailable
 from discovery.kv import KV
-from discovery.records import Rejected
-from discovery.settings import Endpoint, load
+from discovery.opsconfig import (
+    CONFIG_FIELDS,
+    FIELDS_BY_NAME,
+    MAX_BY,
+    MAX_REASON,
+    PIN_STATES,
+    WEIGHT,
+    ConfigPath,
+    Maintenance,
+    PinState,
+    check_int,
+    check_text,
+    config_layers,
+    field_sources,
+    merge_config,
+    parse_config,
+    parse_config_object,
+    parse_maintenance,
+)
+from discovery.records import (
+    MAX_VALUE_BYTES,
+    InvalidRecord,
+    Rejected,
+    ServicePath,
+    check_id,
+    load_object,
+)
+from discovery.settings import CommonSettings, Endpoint, load
 from lb.controller import TEMPLATE
 from lb.desired import Desired, Instance, from_snapshot
 from lb.files import HAProxyFiles
@@ -37,14 +72,20 @@ from lb.status import read_status
 
 PROG = "haroute"
 EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
 
 DESCRIPTION = """\
-Look at what an lb (haroute-lb) sees and would do, without changing anything. Run it
-with the lb's settings: its environment (e.g. on the lb host), or the same --flags after
-the command (haroute plan --haproxy-dir /run/haroute --listen-path /services/x).
-"haroute COMMAND --help" lists them."""
+Look at what an lb (haroute-lb) sees and would do, without changing anything (status,
+plan, render), or set operator pins and service settings in etcd, which every lb applies
+(drain, maint, ready, weight, unpin, config). Run it with the lb's settings: its
+environment (e.g. on the lb host), or the same --flags after the command (haroute plan
+--haproxy-dir /run/haroute --listen-path /services/x); the writing commands need only
+the etcd ones. "haroute COMMAND --help" lists them."""
 
-EPILOG = "exit status: 0 done; 1 etcd or the HAProxy admin socket unreachable; 2 bad settings"
+EPILOG = (
+    "exit status: 0 done; 1 etcd or the HAProxy admin socket unreachable; "
+    "2 bad settings or bad input (nothing written)"
+)
 
 CAVEATS = """\
 plan and render see HAProxy as an lb starting now would adopt it, which can differ from
@@ -86,13 +127,24 @@ class Failure(Exception):
     """One line for the operator, then exit 1."""
 
 
+class BadInput(Exception):
+    """One line naming the bad argument, then exit 2; nothing has been written."""
+
+
 # --- command line ---------------------------------------------------------------------
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        usage=f"{PROG} {{status,plan,render}} [--json|--map] [lb settings flags]",
+        usage=(
+            f"{PROG} {{status,plan,render}} [--json|--map] [lb settings flags]\n"
+            f"       {PROG} {{drain,maint,ready}} PATH ID [--reason TEXT] [--by NAME]\n"
+            f"       {PROG} weight PATH ID WEIGHT [--reason TEXT] [--by NAME]\n"
+            f"       {PROG} unpin PATH ID\n"
+            f"       {PROG} config PATH [--set FIELD=VALUE ...] [--unset FIELD ...] [--show]\n"
+            f"       (the writing commands take the etcd settings flags too)"
+        ),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -125,6 +177,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         subs[name] = sub
     subs["status"].add_argument("--json", action="store_true", help="print JSON")
     subs["render"].add_argument("--map", action="store_true", help="print hosts.map instead")
+    _add_write_parsers(commands, subs)
     return parser, subs
 
 
@@ -135,13 +188,31 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.help:
         sub = subs[args.command]
         print(sub.format_help())
+        if args.command in WRITES:
+            print("settings (the etcd ones of haroute-lb; each also an environment variable):\n")
+            load(CommonSettings, ["--help"], {}, f"{PROG} {args.command}")  # prints, exits 0
         print("settings (those of haroute-lb; each also an environment variable):\n")
         load(LbSettings, ["--help"], {}, f"{PROG} {args.command}")  # prints, exits 0
+    if args.command in WRITES:
+        sub = subs[args.command]
+        # The etcd settings are options of these commands (so that a flag given before
+        # PATH is not taken for it): anything else is a mistake.
+        if rest:
+            sub.error(f"unrecognized arguments: {' '.join(rest)}")
+        missing = [
+            name.upper()
+            for name in ("path", "id", "weight")
+            if name in args and getattr(args, name) is None
+        ]
+        if missing:
+            sub.error(f"the following arguments are required: {', '.join(missing)}")
     return args, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command in WRITES:
+        return _main_write(args)
     settings = load_or_exit(LbSettings, rest, os.environ, f"{PROG} {args.command}")
     command: Callable[[LbSettings, argparse.Namespace], int] = COMMANDS[args.command]
     try:
@@ -626,6 +697,472 @@ COMMANDS: dict[str, Callable[[LbSettings, argparse.Namespace], int]] = {
     "status": cmd_status,
     "plan": cmd_plan,
     "render": cmd_render,
+}
+
+
+# --- operator writes (SPEC §7, §10) -----------------------------------------------------
+
+PIN_HELP = """\
+Pin instance ID of the service PATH (/scope/app/env/service[/name], as in /services) with
+the key /maintenance<PATH>/<ID>. Every lb applies a pin at runtime (set server ... state /
+weight), keeps it across reloads and restarts, and applies it to an instance that does not
+exist yet once it appears. The pin keeps the WEIGHT (or, for "weight", the STATE) it
+already had; REASON is --reason or nothing; BY is --by, else $SUDO_USER, $USER or the uid.
+
+  drain    no new connections; established ones finish
+  maint    out of service
+  ready    an explicit pin to ready (the instance's normal state, kept also while the pin
+           holds a WEIGHT); "unpin" gives the instance back instead
+  weight   WEIGHT 0-256 (HAProxy's weights: 0 takes no new traffic; 1 vs 100 is a canary)
+  unpin    delete the pin: the lb manages the instance again (state and weight)
+
+Prints the key it wrote and its value ("put KEY VALUE"), or "delete KEY"."""
+
+CONFIG_HELP = (
+    """\
+Settings of every backend at or below PATH (/scope[/app[/env[/service[/name]]]]), in
+/config<PATH>: /internal/app1/dev/web applies to all named environments of web,
+/internal/app1/dev/web/ghost.example to that one; the most specific path wins field by
+field (each CHECK.* field on its own). A change of CHECK, BALANCE or the timeouts costs
+each lb one coalesced reload; ALIASES apply at runtime.
+
+--set FIELD=VALUE (repeatable) sets a field; --unset FIELD (repeatable) removes one
+(CHECK: all of them; also a field the lb does not know, to clean up). One write for all.
+Field names are case-insensitive. VALUE is a word for CHECK.TYPE, CHECK.PATH and BALANCE;
+a comma-separated list (or a JSON list) for ALIASES; a number or true/false for the
+others; --set CHECK='{"TYPE": "http", "PATH": "/healthz"}' replaces all of CHECK.
+--show (the default without --set or --unset) prints the settings that apply to PATH, as
+one JSON line, then which key each field comes from and any field the lb ignores.
+
+fields:
+"""
+    + "\n".join(f"  {f.name:<16}{f.help}" for f in CONFIG_FIELDS)
+    + """
+
+Prints the key it wrote and its value ("put KEY VALUE"), or "delete KEY" when no field is
+left. A bad VALUE exits 2 with one line naming the field, before anything is written."""
+)
+
+# How --set reads VALUE for each field: a word, a list, or JSON.
+WORD_FIELDS = frozenset({"CHECK.TYPE", "CHECK.PATH", "BALANCE"})
+
+
+def _add_write_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    subs: dict[str, argparse.ArgumentParser],
+) -> None:
+    for name, summary in (
+        ("drain", "pin an instance to drain (no new connections)"),
+        ("maint", "pin an instance to maintenance (out of service)"),
+        ("ready", "pin an instance to ready"),
+        ("weight", "pin an instance's weight (0-256)"),
+        ("unpin", "delete an instance's pin: the lb manages it again"),
+        ("config", "set, unset or show the settings of a service path"),
+    ):
+        if name == "config":
+            usage = f"{PROG} config [-h] PATH [--set FIELD=VALUE ...] [--unset FIELD ...] [--show]"
+            text = CONFIG_HELP
+        else:
+            extra = " WEIGHT" if name == "weight" else ""
+            options = "" if name == "unpin" else " [--reason TEXT] [--by NAME]"
+            usage = f"{PROG} {name} [-h] PATH ID{extra}{options} [etcd settings flags]"
+            text = PIN_HELP
+        sub = commands.add_parser(
+            name,
+            prog=f"{PROG} {name}",
+            help=summary,
+            usage=usage,
+            description=text,
+            epilog=EPILOG,
+            add_help=False,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+        # Positionals are optional to argparse so that --help works without them;
+        # parse_args requires them.
+        sub.add_argument("path", metavar="PATH", nargs="?")
+        if name == "config":
+            sub.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="set a field (repeatable)",
+            )
+            sub.add_argument(
+                "--unset", action="append", default=[], metavar="FIELD", help="remove a field"
+            )
+            sub.add_argument("--show", action="store_true", help="print the settings in effect")
+        else:
+            sub.add_argument("id", metavar="ID", nargs="?")
+            if name == "weight":
+                sub.add_argument("weight", metavar="WEIGHT", nargs="?")
+            if name != "unpin":
+                sub.add_argument("--reason", metavar="TEXT", help="why (shown, never rendered)")
+                sub.add_argument("--by", metavar="NAME", help="who (default: the user)")
+        # The etcd settings, known to the parser so that "--etcd-endpoints URL PATH ID"
+        # parses; listed by --help with the settings.
+        for spec in dataclasses.fields(CommonSettings):
+            env = spec.metadata["env"]
+            sub.add_argument(
+                "--" + env.lower().replace("_", "-"),
+                dest=f"setting_{spec.name}",
+                metavar=env,
+                help=argparse.SUPPRESS,
+            )
+        subs[name] = sub
+
+
+def _main_write(args: argparse.Namespace) -> int:
+    prog = f"{PROG} {args.command}"
+    flags = [
+        f"--{spec.metadata['env'].lower().replace('_', '-')}={value}"
+        for spec in dataclasses.fields(CommonSettings)
+        if (value := getattr(args, f"setting_{spec.name}")) is not None
+    ]
+    settings = load_or_exit(CommonSettings, flags, os.environ, prog)
+    try:
+        return WRITES[args.command](settings, args)
+    except BadInput as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except Failure as exc:
+        _fail(str(exc))
+
+
+def _note(line: str) -> None:
+    print(f"{PROG}: note: {line}", file=sys.stderr)
+
+
+def _endpoints(settings: CommonSettings) -> str:
+    return ",".join(_endpoint(e) for e in settings.etcd_endpoints)
+
+
+class _Etcd:
+    """One session for one command: a failed read means nothing was written; a failed
+    write may or may not have been applied (etcd may have committed it)."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self.session = EtcdSession.from_settings(settings)
+
+    def __enter__(self) -> _Etcd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.close()
+
+    def get(self, key: str) -> KV | None:
+        try:
+            return self.session.get(key)
+        except EtcdUnavailable as exc:
+            raise Failure(f"nothing written: etcd at {_endpoints(self.settings)}: {exc}") from exc
+
+    def put(self, key: str, value: str) -> None:
+        if len(value.encode()) > MAX_VALUE_BYTES:  # the lb would reject it whole
+            raise Failure(f"nothing written: {key} would be over {MAX_VALUE_BYTES} bytes")
+        self._write(key, lambda: self.session.put(key, value))
+        print(f"put {key} {value}")
+
+    def delete(self, key: str) -> None:
+        self._write(key, lambda: self.session.delete(key))
+        print(f"delete {key}")
+
+    def _write(self, key: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except EtcdUnavailable as exc:
+            raise Failure(
+                f"writing {key} failed, it may or may not have been applied: "
+                f"etcd at {_endpoints(self.settings)}: {exc}"
+            ) from exc
+
+
+# --- checks of the arguments: all before connecting ---
+
+
+def _service_path(text: str) -> ServicePath:
+    try:
+        return ServicePath.parse(text.rstrip("/") if text != "/" else text)
+    except InvalidRecord as exc:
+        raise BadInput(f"bad PATH: {exc.detail}") from None
+
+
+def _config_path(text: str) -> ConfigPath:
+    try:
+        return ConfigPath.parse(text.rstrip("/") if text != "/" else text)
+    except InvalidRecord as exc:
+        raise BadInput(f"bad PATH: {exc.detail}") from None
+
+
+def _instance_id(text: str) -> str:
+    try:
+        return check_id(text, "ID")
+    except InvalidRecord as exc:
+        raise BadInput(f"bad {exc.detail}") from None
+
+
+def _weight(text: str) -> int:
+    try:
+        # ASCII digits only: int() would also take "+5", " 5", "5_0" and non-ASCII digits.
+        value = int(text) if text.isascii() and text.isdigit() else text
+        return check_int(value, "WEIGHT", WEIGHT)
+    except (InvalidRecord, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, InvalidRecord) else str(exc)
+        raise BadInput(f"bad {detail}") from None
+
+
+def _text(value: str | None, name: str, limit: int, source: str = "") -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_text(value, name, limit)
+    except InvalidRecord as exc:
+        raise BadInput(f"bad {exc.detail}{source}") from None
+
+
+def default_user(environ: Mapping[str, str]) -> tuple[str, str]:
+    """Who runs the command, and where that came from: the user behind sudo, the login
+    user, or the uid's name (or number)."""
+    for var in ("SUDO_USER", "USER", "LOGNAME"):
+        if environ.get(var):
+            return environ[var], f" (from ${var}; give --by)"
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name, " (the uid's name; give --by)"
+    except KeyError:
+        return f"uid {uid}", ""
+
+
+# --- the pin commands ---
+
+
+def cmd_pin(settings: CommonSettings, args: argparse.Namespace) -> int:
+    """drain, maint, ready, weight: read the pin, change its STATE or WEIGHT, write it."""
+    path = _service_path(args.path)
+    instance_id = _instance_id(args.id)
+    state: PinState | None = next((s for s in PIN_STATES if s == args.command), None)
+    weight = _weight(args.weight) if args.command == "weight" else None
+    reason = _text(args.reason, "REASON", MAX_REASON)
+    by, source = (args.by, " (--by)") if args.by is not None else default_user(os.environ)
+    by = _text(by, "BY", MAX_BY, source)
+    layout = settings.layout
+    key = layout.maintenance_key(path, instance_id)
+    with _Etcd(settings) as etcd:
+        old = _stored_pin(etcd.get(key), key)
+        pin = Maintenance(
+            state=state if state is not None else old.state if old else None,
+            weight=weight if weight is not None else old.weight if old else None,
+            reason=reason,
+            by=by,
+        )
+        etcd.put(key, pin.to_json())
+        _note_instance(etcd, layout.service_key(path, instance_id))
+    return 0
+
+
+def _stored_pin(kv: KV | None, key: str) -> Maintenance | None:
+    """The pin stored at ``key``, if any and valid; what the lb ignores in it is noted."""
+    if kv is None:
+        return None
+    try:
+        parsed = parse_maintenance(kv.value)
+    except InvalidRecord as exc:
+        _note(f"replacing the pin at {key}, which the lb ignores: {exc}")
+        return None
+    for rejection in parsed.rejected:
+        _note(f"dropping from the pin at {key} what the lb ignores: {rejection.detail}")
+    return parsed.value
+
+
+def _note_instance(etcd: _Etcd, service_key: str) -> None:
+    try:
+        present = etcd.session.get(service_key) is not None
+    except EtcdUnavailable as exc:
+        _note(f"could not check whether {service_key} exists: {exc}")
+        return
+    if not present:
+        _note(f"{service_key} does not exist now; the pin applies when it appears")
+
+
+def cmd_unpin(settings: CommonSettings, args: argparse.Namespace) -> int:
+    """Delete the pin: the lb manages the instance again."""
+    path = _service_path(args.path)
+    key = settings.layout.maintenance_key(path, _instance_id(args.id))
+    with _Etcd(settings) as etcd:
+        if etcd.get(key) is None:
+            _note(f"{key} does not exist: nothing to delete")
+            return 0
+        etcd.delete(key)
+    return 0
+
+
+# --- config ---
+
+
+def _set_value(item: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` as the field's name and its checked, canonical JSON value."""
+    name, sep, raw = item.partition("=")
+    name = name.strip().upper()
+    if not sep or not name:
+        raise BadInput(f"--set {item!r:.80}: expected FIELD=VALUE")
+    if name == "CHECK":
+        obj = _json(raw, name)
+        if not isinstance(obj, dict):
+            raise BadInput(f"bad CHECK: {raw!r:.80} is not a JSON object")
+        parsed = parse_config_object({"CHECK": obj})
+        if parsed.rejected:
+            raise BadInput(f"bad {parsed.rejected[0].detail}")
+        return name, parsed.value.fields().get("CHECK", {})
+    spec = FIELDS_BY_NAME.get(name)
+    if spec is None:
+        raise BadInput(f"unknown field {name!r:.60}; fields: {', '.join(FIELDS_BY_NAME)}")
+    value: Any
+    if name in WORD_FIELDS:
+        value = raw
+    elif name == "ALIASES" and not raw.lstrip().startswith("["):
+        value = [host.strip() for host in raw.split(",") if host.strip()]
+    else:
+        value = _json(raw, name)
+    try:
+        checked = spec.check(value, name)
+    except InvalidRecord as exc:
+        raise BadInput(f"bad {exc.detail}") from None
+    return name, list(checked) if isinstance(checked, tuple) else checked
+
+
+def _json(raw: str, name: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # the field's check says what it should have been
+
+
+def _unset_name(item: str) -> str:
+    name = item.strip().upper()
+    if not name or not name.isprintable():
+        raise BadInput(f"--unset {item!r:.80}: expected a field name")
+    return name
+
+
+def cmd_config(settings: CommonSettings, args: argparse.Namespace) -> int:
+    path = _config_path(args.path)
+    sets = dict(_set_value(item) for item in args.set)
+    unsets = [_unset_name(item) for item in args.unset]
+    if args.show and (sets or unsets):
+        raise BadInput("--show goes alone, without --set or --unset")
+    if "CHECK" in sets and any(name.startswith("CHECK.") for name in sets):
+        raise BadInput("set CHECK as a whole or CHECK.* fields, not both")
+    for name in unsets:
+        if name in sets or (name == "CHECK" and any(n.startswith("CHECK.") for n in sets)):
+            raise BadInput(f"{name} is both set and unset")
+        if name.startswith("CHECK.") and "CHECK" in sets:
+            raise BadInput(f"{name} is unset while CHECK is set")
+    if not (sets or unsets):
+        return _show_config(settings, path)
+    key = settings.layout.config_key(path)
+    with _Etcd(settings) as etcd:
+        kv = etcd.get(key)
+        old = _stored_config(kv, key)
+        new = _edited(old, sets, unsets)
+        if new == old and kv is not None:
+            _note(f"{key} unchanged: nothing written")
+            return 0
+        if new:
+            etcd.put(key, json.dumps(new, separators=(",", ":")))
+        elif kv is not None:
+            etcd.delete(key)
+        else:
+            _note(f"{key} does not exist: nothing to delete")
+            return 0
+        for rejection in parse_config_object(new).rejected:
+            _note(f"{key} keeps a field the lb ignores: {rejection.detail}")
+    return 0
+
+
+def _stored_config(kv: KV | None, key: str) -> dict[str, Any]:
+    """The stored object as it is (fields the lb ignores included, so that --unset can
+    remove them); a value that is not an object is replaced."""
+    if kv is None:
+        return {}
+    try:
+        return dict(load_object(kv.value))
+    except InvalidRecord as exc:
+        _note(f"replacing the value of {key}, which the lb ignores: {exc}")
+        return {}
+
+
+def _edited(
+    old: Mapping[str, Any], sets: Mapping[str, Any], unsets: Sequence[str]
+) -> dict[str, Any]:
+    """``old`` with the fields of ``unsets`` removed (matched case-insensitively, so that
+    a hand-written ``"balance"`` can go too) and those of ``sets`` set."""
+    new: dict[str, Any] = json.loads(json.dumps(old))  # a deep copy
+    for name in unsets:
+        outer, _, inner = name.partition(".")
+        if inner:
+            check = new.get(outer)
+            if not isinstance(check, dict):
+                check = {}
+            found = [k for k in check if k.upper() == inner]
+            for key in found:
+                del check[key]
+            if found and not check:
+                del new[outer]
+        else:
+            found = [k for k in new if k.upper() == name]
+            for key in found:
+                del new[key]
+        if not found and name not in FIELDS_BY_NAME and name != "CHECK":
+            raise BadInput(f"unknown field {name!r:.60}, and not in the stored value")
+    for name, value in sets.items():
+        outer, _, inner = name.partition(".")
+        if inner:
+            if not isinstance(new.get(outer), dict):
+                new[outer] = {}
+            new[outer][inner] = value
+        else:
+            new[name] = value
+    return new
+
+
+def _show_config(settings: CommonSettings, path: ConfigPath) -> int:
+    """The settings in effect at ``path``: one JSON line, then ``#`` notes."""
+    layout = settings.layout
+    parsed = {}
+    notes = []
+    with _Etcd(settings) as etcd:
+        for candidate in path.ancestors():
+            key = layout.config_key(candidate)
+            kv = etcd.get(key)
+            if kv is None:
+                continue
+            try:
+                result = parse_config(kv.value)
+            except InvalidRecord as exc:
+                notes.append(f"# ignored by the lb: {key}: {exc}")
+                continue
+            parsed[candidate] = result.value
+            notes += [f"# ignored by the lb: {key}: {r.detail}" for r in result.rejected]
+    layers = config_layers(parsed, path)
+    print(merge_config(config for _, config in layers).to_json())
+    for name, source in field_sources(layers).items():
+        print(f"# {name} from {layout.config_key(source)}")
+    if not layers:
+        print(f"# no key in {layout.config} covers {path.text}: the lb's defaults apply")
+    for line in notes:
+        print(line)
+    return 0
+
+
+WRITES: dict[str, Callable[[CommonSettings, argparse.Namespace], int]] = {
+    "drain": cmd_pin,
+    "maint": cmd_pin,
+    "ready": cmd_pin,
+    "weight": cmd_pin,
+    "unpin": cmd_unpin,
+    "config": cmd_config,
 }
 
 

@@ -21,6 +21,7 @@ import pytest
 from discovery.etcd import EtcdSession, EtcdUnavailable
 from discovery.kv import WatchBatch
 from discovery.settings import endpoints
+from tests.integration.test_cli_writes import haroute
 from tests.servers import ROOT, Daemon, Etcd, Stack, wait_for
 from tests.tls import Pki, make_pki
 
@@ -44,8 +45,14 @@ ROLE_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("role", "add", "haroute-lb"),
     ("role", "grant-permission", "--prefix=true", "haroute-lb", "read", "/services/"),
     ("role", "grant-permission", "--prefix=true", "haroute-lb", "readwrite", "/frontends/"),
+    ("role", "grant-permission", "--prefix=true", "haroute-lb", "read", "/config/"),
+    ("role", "grant-permission", "--prefix=true", "haroute-lb", "read", "/maintenance/"),
+    ("role", "add", "haroute-cli"),
+    ("role", "grant-permission", "--prefix=true", "haroute-cli", "read", "/services/"),
+    ("role", "grant-permission", "--prefix=true", "haroute-cli", "readwrite", "/config/"),
+    ("role", "grant-permission", "--prefix=true", "haroute-cli", "readwrite", "/maintenance/"),
 )
-USERS = ("haroute-announce", "haroute-register", "haroute-lb")
+USERS = ("haroute-announce", "haroute-register", "haroute-lb", "haroute-cli")
 
 
 def password(user: str) -> str:
@@ -388,6 +395,56 @@ def test_least_privilege_daemons_survive_token_expiry_and_etcd_restart(
     assert root.get(service_key(18082)) is not None
     assert all(d.alive() for d in (first, third, register))
     root.close()
+
+
+def test_cli_role_runs_every_cli_write_and_nothing_more(auth_etcd: Etcd) -> None:
+    """The documented haroute-cli role runs drain, weight, unpin and config (set and show)
+    as the real CLI; it reads /services and writes only /config and /maintenance, and the
+    lb role reads both and writes neither."""
+    root = session_for(auth_etcd, "root")
+    root.put(service_key(1), "{}")  # the instance exists: the CLI may read that
+    env = {"ETCD_ENDPOINTS": auth_etcd.endpoint, "USER": "alice", **user_env("haroute-cli")}
+    pin = f"/maintenance{PATH}/{NODE}-1"
+    config = f"/config{PATH}"
+    for args, out in (
+        (("drain", PATH, f"{NODE}-1"), f'put {pin} {{"STATE":"drain","BY":"alice"}}\n'),
+        (
+            ("weight", PATH, f"{NODE}-1", "5"),
+            f'put {pin} {{"STATE":"drain","WEIGHT":5,"BY":"alice"}}\n',
+        ),
+        (("config", PATH, "--set", "MAXCONN=10"), f'put {config} {{"MAXCONN":10}}\n'),
+        (("config", PATH, "--show"), f'{{"MAXCONN":10}}\n# MAXCONN from {config}\n'),
+        (("unpin", PATH, f"{NODE}-1"), f"delete {pin}\n"),
+    ):
+        ran = haroute(env, *args)
+        assert (ran.rc, ran.out, ran.err) == (0, out, ""), args
+    stored = root.get(config)
+    assert stored is not None and json.loads(stored.value) == {"MAXCONN": 10}
+    assert root.get(pin) is None
+
+    cli = session_for(auth_etcd, "haroute-cli")
+    lb = session_for(auth_etcd, "haroute-lb")
+    cli.put(pin, '{"STATE":"maint"}')
+    assert [kv.key for kv in lb.get_prefix("/config/")[0]] == [config]
+    assert [kv.key for kv in lb.get_prefix("/maintenance/")[0]] == [pin]
+    refused = (
+        lambda: cli.put(service_key(2), "{}"),
+        lambda: cli.get_prefix("/announce/"),
+        lambda: cli.get_prefix("/frontends/"),
+        lambda: cli.put(f"{SKYDNS_DIR}/a1", "{}"),
+        lambda: cli.put("/configx", "{}"),  # the prefix is "/config/", not "/config"
+        lambda: cli.put("/maintenancex/a", "{}"),
+        lambda: lb.put(config, "{}"),
+        lambda: lb.put(pin, "{}"),
+        lambda: lb.delete(pin),
+    )
+    for call in refused:
+        with pytest.raises(EtcdUnavailable, match="PERMISSION_DENIED"):
+            call()
+    stored = root.get(pin)
+    assert stored is not None and json.loads(stored.value) == {"STATE": "maint"}
+    for s in (root, cli, lb):
+        s.close()
 
 
 def test_docs_list_the_role_commands_the_tests_use() -> None:
