@@ -307,6 +307,20 @@ class EtcdSession:
 
         return self._call(run)
 
+    def latest_change(self, prefix: str) -> tuple[int, int]:
+        """The highest mod revision of a key under ``prefix`` (0: none), and the store
+        revision: how far a watcher of the prefix must have come (deletes leave no key,
+        so a missed delete shows only with the next put)."""
+
+        def run(client: Any) -> tuple[int, int]:
+            resp = client.get_prefix_response(
+                _encode(prefix), keys_only=True, limit=1, sort_order="descend", sort_target="mod"
+            )
+            latest = int(resp.kvs[0].mod_revision) if resp.kvs else 0
+            return latest, int(resp.header.revision)
+
+        return self._call(run)
+
     def put(self, key: str, value: str | bytes, *, lease: int = 0) -> None:
         self._call(lambda client: client.put(_encode(key), value, lease=lease or None))
 

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Literal
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -179,17 +180,20 @@ class FrontendRecord:
     ip: str
     port: int
     listen_path: tuple[str, ...]
+    #: The etcd revision whose changes this lb's HAProxy has acknowledged (SPEC §7). Not
+    #: part of the record's identity: registers do not re-derive DNS when it moves.
+    revision: int | None = dataclass_field(default=None, compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "ID": self.id,
-                "IP": self.ip,
-                "PORT": self.port,
-                "LISTEN_PATH": list(self.listen_path),
-            },
-            separators=(",", ":"),
-        )
+        value: dict[str, Any] = {
+            "ID": self.id,
+            "IP": self.ip,
+            "PORT": self.port,
+            "LISTEN_PATH": list(self.listen_path),
+        }
+        if self.revision is not None:
+            value["REVISION"] = self.revision
+        return json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -323,11 +327,17 @@ def parse_frontend(key_id: str, value: bytes) -> FrontendRecord:
     paths = _field(obj, "LISTEN_PATH")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise InvalidRecord(Reason.BAD_FIELD, "LISTEN_PATH is not a list of strings")
+    revision = obj.get("REVISION")
+    if revision is not None and (
+        isinstance(revision, bool) or not isinstance(revision, int) or revision < 0
+    ):
+        raise InvalidRecord(Reason.BAD_FIELD, "REVISION is not a revision number")
     return FrontendRecord(
         id=record_id,
         ip=check_ip(_field(obj, "IP"), "IP"),
         port=check_port(_field(obj, "PORT"), "PORT"),
         listen_path=tuple(check_listen_path(p) for p in paths),
+        revision=revision,
     )
 
 

@@ -58,12 +58,13 @@ from discovery.records import (
     ServicePath,
     check_id,
     load_object,
+    parse_frontend,
 )
 from discovery.settings import CommonSettings, Endpoint, load
 from lb.controller import TEMPLATE
-from lb.desired import Desired, Instance, from_snapshot
+from lb.desired import Desired, Instance, backend_for_host, from_snapshot
 from lb.files import HAProxyFiles
-from lb.plan import Applied, Backend, Plan, plan
+from lb.plan import POOL_PREFIX, Applied, Backend, Plan, plan
 from lb.render import render_config, render_map
 from lb.runtime import RuntimeClient, RuntimeCommandError, RuntimeUnavailable, ServerState
 from lb.settings import LbSettings
@@ -152,7 +153,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subs: dict[str, argparse.ArgumentParser] = {}
     for name, option, summary, text in (
-        ("status", " [--json]", "services, instances, slots and their HAProxy state", STATUS_HELP),
+        (
+            "status",
+            " [--json] [--frontends]",
+            "services, instances, slots and their HAProxy state",
+            STATUS_HELP,
+        ),
         ("plan", "", "the runtime commands the lb would send now, or its reload", PLAN_HELP),
         (
             "render",
@@ -176,6 +182,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         sub.add_argument("-h", "--help", action="store_true", help="show this help and exit")
         subs[name] = sub
     subs["status"].add_argument("--json", action="store_true", help="print JSON")
+    subs["status"].add_argument(
+        "--frontends",
+        action="store_true",
+        help="every lb in /frontends with the etcd revision it has applied, and its lag",
+    )
     subs["render"].add_argument("--map", action="store_true", help="print hosts.map instead")
     _add_write_parsers(commands, subs)
     return parser, subs
@@ -295,7 +306,9 @@ def dry_run(settings: LbSettings) -> DryRun:
         # so that an unreachable HAProxy is reported as such.
         runtime.info()
         files = HAProxyFiles(settings.haproxy_dir, settings.haproxy_socket)
-        adopted = read_applied(files.layout, runtime, settings.adopt_map_path, now)
+        adopted = read_applied(
+            files.layout, runtime, settings.adopt_map_path, now, domain=settings.dns_domain
+        )
         applied = adopted or Applied()
         p = plan(
             view.desired,
@@ -461,14 +474,26 @@ def status_report(
     desired = view.desired
     servers = live.servers if live else []
     layout = (live.layout if live else None) or {}
-    names = sorted(set(desired.services) | set(layout) | {s.backend for s in servers})
+    # Environments served by spare backends (bound at runtime): the map says which.
+    spare_of = {
+        name: proxy
+        for host, proxy in (live.hosts.items() if live else ())
+        if proxy.startswith(POOL_PREFIX) and (name := backend_for_host(host, settings.dns_domain))
+    }
+    spares = sorted(
+        n for n in set(layout) | {s.backend for s in servers} if n.startswith(POOL_PREFIX)
+    )
+    names = sorted(
+        (set(desired.services) | set(layout) | {s.backend for s in servers}) - set(spares)
+    )
     backends: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for name in names:
         service = desired.services.get(name)
         known = layout.get(name)
+        proxy = spare_of.get(name, name)
         slots = sorted(
-            (s for s in servers if s.backend == name), key=lambda s: _slot_number(s.server)
+            (s for s in servers if s.backend == proxy), key=lambda s: _slot_number(s.server)
         )
         used = [s for s in slots if s.admin != "maint"]
         instances: tuple[Instance, ...] = service.instances if service else ()
@@ -518,12 +543,14 @@ def status_report(
                 "in_etcd": service is not None,
                 "in_haproxy": bool(slots),
                 "in_map": (host in live.hosts) if live and mode == "http" and host else None,
+                "spare": spare_of.get(name),
             }
         )
     haproxy: dict[str, Any] = {
         "socket": settings.admin_socket,
         "reachable": live is not None,
         "error": error,
+        "spares": {"free": len(spares) - len(spare_of), "bound": dict(sorted(spare_of.items()))},
     }
     if live is not None:
         adopted = adopted_state(
@@ -608,13 +635,17 @@ def status_text(report: Mapping[str, Any]) -> str:
             f"last reload: {last['result']} ({', '.join(last['reasons'])}): {last['detail']}"
         )
         out += [f"  HAProxy: {line}" for line in last.get("alerts", [])]
+    spares = haproxy.get("spares") or {}
+    if spares.get("free") or spares.get("bound"):
+        bound = ", ".join(f"{n} on {p}" for n, p in spares["bound"].items()) or "none"
+        out.append(f"spare backends: {spares['free']} free; serving: {bound}")
     out += ["", "SERVICES"]
     out.append(
         _table(
             ("BACKEND", "MODE", "HOST/PORT", "INSTANCES", "SLOTS USED", "NOTE"),
             [
                 (
-                    b["name"],
+                    b["name"] + (f" (on {b['spare']})" if b.get("spare") else ""),
                     b["mode"],
                     b["host"] or str(b["port"] or "-"),
                     str(b["instances"]),
@@ -675,7 +706,76 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def frontends_report(settings: LbSettings) -> dict[str, Any]:
+    """Every lb that announces itself in ``/frontends``, with the revision its HAProxy has
+    applied (``REVISION``, SPEC §7) and how many revisions it is behind the latest change
+    under its ``LISTEN_PATH`` (a stale lb shows here as soon as anything it covers is
+    put). Read from etcd only: it works from any host."""
+    session = EtcdSession.from_settings(settings)
+    rows: list[dict[str, Any]] = []
+    try:
+        kvs, revision = session.get_prefix(settings.layout.frontends + "/")
+        for kv in sorted(kvs, key=lambda kv: kv.key):
+            try:
+                record = parse_frontend(settings.layout.split_frontend_key(kv.key), kv.value)
+            except InvalidRecord as exc:
+                rows.append({"key": kv.key[:200], "invalid": str(exc)})
+                continue
+            latest = max(
+                (
+                    session.latest_change(settings.layout.listen_key(p).rstrip("/") + "/")[0]
+                    for p in record.listen_path
+                ),
+                default=0,
+            )
+            behind = max(0, latest - record.revision) if record.revision is not None else None
+            rows.append(
+                {
+                    "id": record.id,
+                    "address": _address(record.ip, record.port),
+                    "listen_path": list(record.listen_path),
+                    "revision": record.revision,
+                    "latest_change": latest,
+                    "behind": behind,
+                }
+            )
+    except EtcdUnavailable as exc:
+        shown = ",".join(_endpoint(e) for e in settings.etcd_endpoints)
+        raise Failure(f"etcd unreachable at {shown}: {exc}") from exc
+    finally:
+        session.close()
+    return {"etcd_revision": revision, "frontends": rows}
+
+
+def frontends_text(report: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            r["id"],
+            r["address"],
+            ",".join(r["listen_path"]),
+            "-" if r["revision"] is None else str(r["revision"]),
+            str(r["latest_change"]),
+            "?" if r["behind"] is None else ("ok" if r["behind"] == 0 else f"{r['behind']}"),
+        )
+        for r in report["frontends"]
+        if "invalid" not in r
+    ]
+    out = [f"etcd at revision {report['etcd_revision']}", ""]
+    out.append(_table(("LB", "ADDRESS", "LISTEN_PATH", "APPLIED", "LATEST CHANGE", "BEHIND"), rows))
+    out += [
+        f"  invalid {r['key']!r}: {r['invalid']}" for r in report["frontends"] if "invalid" in r
+    ]
+    return "\n".join(out) + "\n"
+
+
 def cmd_status(settings: LbSettings, args: argparse.Namespace) -> int:
+    if args.frontends:
+        fronts = frontends_report(settings)
+        if args.json:
+            print(json.dumps(fronts, indent=2))
+        else:
+            sys.stdout.write(frontends_text(fronts))
+        return 0
     view = read_etcd(settings)
     try:
         live: Live | None = read_live(settings)

@@ -99,6 +99,20 @@ class Controller:
         self.rejects = RejectLog(metrics)
         self.templates = TemplateWatch(settings.template_dir, self.wake)
         self.ctx = settings.render_context()
+        self._init_state()
+        self.frontend: LeaseKeeper | None = None
+        if settings.http_bind is not None and settings.advertise_ip is not None:
+            self.frontend = LeaseKeeper(
+                session,
+                settings.ttl,
+                interval=settings.ttl / 3,
+                write=self._write_frontend,
+                metrics=metrics,
+                name="frontend",
+            )
+
+    def _init_state(self) -> None:
+        """What the loop remembers between cycles."""
         # What HAProxy runs, as far as the lb knows, and what it must still look at.
         self.applied = Applied()
         self.touched: set[str] = set()  # backends to plan in the next cycle
@@ -113,8 +127,15 @@ class Controller:
         self.planned: set[str] = set()
         self.bindings: dict[str, str] = {}  # environment -> the spare backend serving it
         self.pool_since: float | None = None  # since when a spare backend is in use
+        # etcd revisions: the latest seen, the one this cycle works on, the one HAProxy
+        # has acknowledged all changes up to, and the one last written to /frontends.
+        self.seen_revision = 0
+        self.cycle_revision = 0
+        self.applied_revision = 0
+        self.published_revision: int | None = None
+        self.next_publish = 0.0
         self._ports: tuple[object, dict[int, str]] = (None, {})
-        self.gate = Gate(settings.reload_min_interval)
+        self.gate = Gate(self.s.reload_min_interval)
         self.excluded_ports: set[int] = set()
         self.problems: dict[str, tuple[Problem, ...]] = {}
         self.changed_at: float | None = None
@@ -122,22 +143,12 @@ class Controller:
         self.identity: Identity | None = None  # the HAProxy the lb last looked at
         self.absent = False  # external: HAProxy did not answer at the last look
         self.expect_new_worker = False  # after a reload of ours
-        self.budget = budget.Budget(None, settings.maxconn or budget.MAXCONN_AUTO, {}, 0)
-        now = clock()
+        self.budget = budget.Budget(None, self.s.maxconn or budget.MAXCONN_AUTO, {}, 0)
+        now = self.clock()
         self.next_alive = now
-        self.next_reconcile = now + self._jitter(settings.reconcile_interval)
+        self.next_reconcile = now + self._jitter(self.s.reconcile_interval)
         self.next_port_retry = now + PORT_RETRY
         self.started_at = now
-        self.frontend: LeaseKeeper | None = None
-        if settings.http_bind is not None and settings.advertise_ip is not None:
-            self.frontend = LeaseKeeper(
-                session,
-                settings.ttl,
-                interval=settings.ttl / 3,
-                write=self._write_frontend,
-                metrics=metrics,
-                name="frontend",
-            )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -176,6 +187,8 @@ class Controller:
             self._retry_ports(now)
         names = self._due(now)
         if not names and not self.full and not self.forced:
+            self._caught_up()
+            self._publish(now)
             return Turn(self._next(now), "")
         p = self._plan(names, now)
         decision = decide(
@@ -187,6 +200,7 @@ class Controller:
             refused=self.refused == (p.layout, frozenset(self.forced)),
         )
         self._act(decision, p, now)
+        self._publish(now)
         return Turn(min(self._next(now), max(0.01, decision.wait)), decision.account)
 
     # --- what changed ----------------------------------------------------------------------
@@ -203,6 +217,9 @@ class Controller:
                 self.full = True
             for key, kv in changes.items.items():
                 self._put(key, kv)
+            self.seen_revision = max(self.seen_revision, changes.revision)
+        self.cycle_revision = self.seen_revision
+        self.metrics.etcd_revision.set(self.seen_revision)
         valid, invalid = self.catalog.counts
         self.metrics.records.labels("valid").set(valid)
         self.metrics.records.labels("invalid").set(invalid)
@@ -349,6 +366,7 @@ class Controller:
         self.full = False
         for name in names:
             self._watch_backend(name, now)
+        self._caught_up()
         self._converged()
         self._report(names)
 
@@ -744,6 +762,8 @@ class Controller:
             times.append(self.next_port_retry)
         if self.frontend is not None:
             times.append(now + self.s.ttl / 3)
+            if self.applied_revision != (self.published_revision or 0):
+                times.append(self.next_publish)
         return max(0.01, min(times) - now)
 
     def _jitter(self, interval: float) -> float:
@@ -751,10 +771,32 @@ class Controller:
 
     def _write_frontend(self, lease_id: int) -> None:
         assert self.s.advertise_ip is not None
+        revision = self.applied_revision or None
         record = FrontendRecord(
-            self.s.lb_id, self.s.advertise_ip, self.s.frontend_port, self.s.listen_path
+            self.s.lb_id, self.s.advertise_ip, self.s.frontend_port, self.s.listen_path, revision
         )
         self.session.put(self.s.layout.frontend_key(self.s.lb_id), record.to_json(), lease=lease_id)
+        self.published_revision = revision
+
+    def _caught_up(self) -> None:
+        """HAProxy runs every change up to this cycle's revision, unless a reload is
+        still due (then the lb is behind, and says so)."""
+        if not self.pending and not self.forced and self.cycle_revision > self.applied_revision:
+            self.applied_revision = self.cycle_revision
+            self.metrics.applied_revision.set(self.applied_revision)
+
+    def _publish(self, now: float) -> None:
+        """``REVISION`` in ``/frontends/<LB_ID>``, at most once a second (SPEC §7)."""
+        keeper = self.frontend
+        if keeper is None or keeper.lease_id is None or not keeper.written:
+            return
+        if self.applied_revision == (self.published_revision or 0) or now < self.next_publish:
+            return
+        self.next_publish = now + 1.0
+        try:
+            self._write_frontend(keeper.lease_id)
+        except EtcdUnavailable as exc:
+            log.debug("[lb] could not publish revision %d: %s", self.applied_revision, exc)
 
     def _tick_frontend(self) -> None:
         if self.frontend is None:

@@ -124,6 +124,14 @@ class LbMetrics(Metrics):
             ["pool_backend", "backend"],
             registry=r,
         )
+        self.applied_revision = Gauge(
+            "haroute_applied_revision",
+            "the etcd revision whose changes HAProxy has acknowledged",
+            registry=r,
+        )
+        self.etcd_revision = Gauge(
+            "haroute_etcd_revision", "the latest etcd revision the lb has seen", registry=r
+        )
         self.reconciles = Counter(
             "haroute_reconciles_total",
             "full read-backs of HAProxy's state, by outcome (clean|repaired)",

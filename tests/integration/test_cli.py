@@ -230,10 +230,10 @@ def test_plan_is_what_a_restarted_lb_applies(servers: Stack, etcd: Etcd, tmp_pat
 
 
 def test_plan_new_environment_says_reload(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
-    """A new environment while the lb is down: plan says `reload: new_backend`, names the
-    backend and notes the commands for the running backends meanwhile; the restarted lb
-    reloads for that reason."""
-    with lb_stack(servers, etcd, tmp_path) as lb:
+    """A new environment while the lb is down and no spare backend (SPARE_BACKENDS=0):
+    plan says `reload: new_backend`, names the backend and notes the commands for the
+    running backends meanwhile; the restarted lb reloads for that reason."""
+    with lb_stack(servers, etcd, tmp_path, SPARE_BACKENDS="0") as lb:
         b1, b2 = lb.backend("b1"), lb.backend("b2")
         lb.put(WEB, "w1", b1.port)
         lb.start()
@@ -363,3 +363,34 @@ def test_bad_settings_exit_2_with_one_line(tmp_path: Path) -> None:
     ran = haroute({"HAPROXY_DIR": str(tmp_path)}, "plan")
     assert ran.rc == 2
     assert one_line(ran.err) == "haroute plan: bad setting LISTEN_PATH: is required"
+
+
+def test_status_frontends_shows_each_lbs_applied_revision_and_lag(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """Every lb writes the etcd revision its HAProxy acknowledged into /frontends/<LB_ID>
+    (REVISION); `status --frontends` lists it with 0 behind, and an lb that stopped
+    applying (frozen) shows behind once something it covers changes."""
+    with lb_stack(servers, etcd, tmp_path, ADVERTISE_IP="127.0.0.1") as lb:
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        d = lb.start()
+        lb.put(WEB, "w1", b1.port)
+        wait_for(lambda: lb.answers(host_of(WEB)) == {"b1"}, 10, 0.05, "w1 serves")
+
+        def row() -> dict[str, Any]:
+            report = ok(lb.env, "status", "--frontends", "--json").json()
+            (entry,) = [r for r in report["frontends"] if r.get("id") == "lb1"]
+            return entry  # type: ignore[no-any-return]
+
+        wait_for(lambda: row()["behind"] == 0, 10, 0.2, "lb1 caught up")
+        assert row()["revision"] >= row()["latest_change"] > 0
+        assert lb.metric("haroute_applied_revision") == row()["revision"]
+        text = ok(lb.env, "status", "--frontends").out
+        assert "lb1" in text and "ok" in text
+        d.send(signal.SIGSTOP)
+        try:
+            lb.put(WEB, "w2", b2.port)
+            wait_for(lambda: (row()["behind"] or 0) > 0, 10, 0.2, "lb1 behind while frozen")
+        finally:
+            d.send(signal.SIGCONT)
+        wait_for(lambda: row()["behind"] == 0, 15, 0.2, "lb1 caught up again")
