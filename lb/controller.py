@@ -52,6 +52,7 @@ ALIVE_EVERY = 1.0  # is HAProxy there, and still the one we know?
 DRAIN_POLL = 0.5  # sessions of draining servers
 PORT_RETRY = 5.0  # is a port another process held free again?
 FIRST_SYNC_WAIT = 5.0  # no config yet: wait this long for etcd before starting empty
+MAP_VERSION_AFTER = 8  # Host changes in one plan that go in as one map version
 
 
 class Controller:
@@ -327,7 +328,7 @@ class Controller:
     def _apply(self, commands: tuple[str, ...], target: Applied, now: float) -> None:
         sent = time.perf_counter()
         try:
-            self.runtime.execute(list(commands))
+            self._send(commands, target)
         except (RuntimeCommandError, ValueError) as exc:
             self.metrics.runtime_commands.labels("failed").inc()
             log.error(
@@ -347,6 +348,33 @@ class Controller:
         for command in commands:
             log.info("[runtime] %s", command, extra=_subject(command))
         self._settled(target, now)
+
+    def _send(self, commands: tuple[str, ...], target: Applied) -> None:
+        """Send a plan's commands. Many Host changes at once (a burst of new environments)
+        go in as one new version of the map (``prepare map``, ``add map @<v>`` of every
+        entry, ``commit map``), so that they become visible together; a few go one by one
+        (``add map``/``del map``)."""
+        maps = [c for c in commands if c.split(" ", 2)[1:2] == ["map"]]
+        if len(maps) < MAP_VERSION_AFTER:
+            self.runtime.execute(list(commands))
+            return
+        self.runtime.execute([c for c in commands if c.split(" ", 2)[1:2] != ["map"]])
+        path = self.s.map_path
+        (reply,) = self.runtime.execute([f"prepare map {path}"])
+        version = reply.output.rpartition(":")[2].strip()
+        if not version.isdigit():
+            raise RuntimeCommandError(f"prepare map {path}", reply.output, reason="no version")
+        entries = sorted(target.hosts.items())
+        self.runtime.execute(
+            [f"add map @{version} {path} {host} {backend}" for host, backend in entries]
+            + [f"commit map @{version} {path}"]
+        )
+        log.info(
+            "[runtime] map version %s committed: %d entries, %d changed",
+            version,
+            len(entries),
+            len(maps),
+        )
 
     def _diverge(self) -> None:
         self.diverged = True

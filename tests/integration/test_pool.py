@@ -123,3 +123,38 @@ def test_a_restarted_lb_adopts_bound_spares_with_no_reload(
         serves(lb, WEB, {"b1", "b3"})
         assert lb.haproxy_backend(WEB) == proxy
         assert lb.haproxy_reloads() == reloads
+
+
+def test_a_burst_of_new_environments_goes_into_the_map_as_one_version(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """Ten new environments in one etcd transaction: served from spare backends with 0
+    reloads, their Hosts committed to the map as one new version (prepare/commit map)."""
+    import json
+
+    with lb_stack(servers, etcd, tmp_path) as lb:
+        b = lb.backend("b")
+        lb.start()
+        reloads = lb.haproxy_reloads()
+        items = []
+        for i in range(10):
+            p = ENV.format(i).split("/")
+            value = {
+                "ID": "x",
+                "APP": p[2],
+                "ENV": p[3],
+                "SERVICE": p[4],
+                "NAME": p[5],
+                "PORT": b.port,
+                "TYPE": "HTTP",
+                "IP": "127.0.0.2",
+                "EXT_PORT": b.port,
+                "NODE": "hosta",
+            }
+            items.append((f"/services{ENV.format(i)}/x", json.dumps(value)))
+        lb.session.put_many(items, lease=lb.lease)
+        for i in range(10):
+            serves(lb, ENV.format(i), {"b"})
+        assert lb.haproxy_reloads() == reloads
+        assert lb.lb is not None and "map version" in lb.lb.log()
+        assert lb.metric("haroute_pool", state="bound") == 10
