@@ -12,7 +12,8 @@ During ``--seconds``:
   one Host;
 - a Python loop beside it opens a new connection for every request;
 - the Host's three instances move between the three servers ten times a second (runtime
-  commands), and a new environment arrives every 2 s (a reload each).
+  commands), and a new environment arrives every 2 s: a reload each, since the spare
+  pool is off here (``--spare 16`` shows the same load without those reloads).
 
 It prints wrk's requests, socket errors and non-2xx answers, the new-connection loop's
 failures, and the reloads HAProxy's master counted. The target is 0 failed requests.
@@ -108,7 +109,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stack(workdir) as servers:
             etcd = servers.etcd()
-            lb = LbStack(servers, etcd, workdir, LOG_LEVEL="WARNING", SLOTS="8")
+            lb = LbStack(
+                servers,
+                etcd,
+                workdir,
+                LOG_LEVEL="WARNING",
+                SLOTS="8",
+                SPARE_BACKENDS=str(args.spare),
+            )
             try:
                 lb.start()
                 for i in range(3):
@@ -173,6 +181,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="churn.py", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--spare",
+        type=int,
+        default=0,
+        help="SPARE_BACKENDS (default 0, so that every new environment is a reload)",
+    )
     return parser.parse_args(argv)
 
 

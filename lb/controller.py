@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import itertools
 import logging
 import math
 import random
@@ -420,6 +421,8 @@ class Controller:
         """Fit the fd budget, render, check, install, reload (``lb/install.py``)."""
         self.pending |= layout
         reason = reasons[0]
+        clock = time.perf_counter
+        marks = [clock()]
         target = for_reload(target, self.s.slots, spare=self.s.timers.spare_backends)
         fitted = self._fit(target)
         if fitted is None:
@@ -433,16 +436,26 @@ class Controller:
             self._refuse(reasons, f"template {TEMPLATE} does not render: {exc}", now)
             return
         candidate = Candidate(text, render_map(target), state.layout_text(target, self.budget))
+        marks.append(clock())
         check = self.installer.check(candidate)
+        marks.append(clock())
         if not check.ok:
             self.metrics.config_check_failures.inc()
             self._refuse(reasons, f"config check failed: {check.message.strip()}", now)
             return
         installed = self.installer.commit(candidate)
         result = self.haproxy.reload()
+        marks.append(clock())
         if result.ok:
             self.installer.settle()
             self._reloaded(target, reasons, now, result)
+            log.info(
+                "[reload] took %.0f ms: render %.0f, haproxy -c %.0f, install and reload %.0f",
+                *(
+                    (marks[-1] - marks[0]) * 1000,
+                    *((b - a) * 1000 for a, b in itertools.pairwise(marks)),
+                ),
+            )
             return
         self.metrics.reloads.labels(reason, "failed").inc()
         if result.unknown:
@@ -713,6 +726,9 @@ class Controller:
             self.full = True
             self.metrics.reconciles.labels("repaired").inc()
             return
+        # Every backend is planned again: a change the loop missed cannot stay missed
+        # beyond one RECONCILE_INTERVAL.
+        self.full = True
         drifted = state.drift(self.applied, running)
         if drifted:
             log.warning(

@@ -202,7 +202,7 @@ class _Step:
     commands: list[str]
     reason: str | None = None
     interim: list[str] = field(default_factory=list)
-    interim_entry: Entry = None
+    interim_entries: dict[str, Entry] = field(default_factory=dict)
     room: int = 0
 
 
@@ -261,8 +261,7 @@ def plan(
         changed.update(step.entries)
         commands += step.commands
         interim += step.interim
-        if step.interim_entry is not None:
-            interim_changed[name] = step.interim_entry
+        interim_changed.update(step.interim_entries)
         if step.reason is not None:
             reasons.append(step.reason)
             layout.add(name)
@@ -276,7 +275,11 @@ def plan(
         reload_target = for_reload(
             target, timers.initial_slots, services, changed, spare=timers.spare_backends
         )
-        interim_target = applied.with_backends(interim_changed, {})
+        # Meanwhile, what is valid on the running layout: server changes, spare backends
+        # taken or given back, and their Host entries.
+        interim_hosts = _host_changes(applied, interim_changed, sorted(interim_changed), full=False)
+        interim += _map_commands(applied.hosts, interim_hosts, map_path)
+        interim_target = applied.with_backends(interim_changed, interim_hosts)
         return Plan(
             reload_target,
             reload=first_reason(reasons),
@@ -317,15 +320,16 @@ def _plan_one(
         sessions=sessions,
         room=room if old is not None else 0,
     )
-    interim_entry: Entry = (old, table, applied.empty_since.get(name)) if old else None
+    running: dict[str, Entry] = {name: (old, table, applied.empty_since.get(name))} if old else {}
     since = applied.empty_since.get(name, now)
     if service is None and old is not None and old.proxy:
-        return _Step(_unbind(name, old, table, since), cmds, None, cmds, interim_entry, left)
+        gone = _unbind(name, old, table, since)
+        return _Step(gone, cmds, None, cmds, gone, left)
     entry, reason = _layout(
         name, service, old, table, since=since, port_wanted=port_wanted, now=now, timers=timers
     )
     keep = cmds if old is not None and reason is None else []
-    return _Step({name: entry}, keep, reason, cmds if old else [], interim_entry, left)
+    return _Step({name: entry}, keep, reason, cmds if old else [], running, left)
 
 
 def _bind(
@@ -358,7 +362,8 @@ def _bind(
         return None
     spare.pop(0)
     bound = Backend(name, "http", backend.slots, service.host, service.port, proxy=pool)
-    return _Step({pool: None, name: (bound, table, None)}, cmds, room=left)
+    entries: dict[str, Entry] = {pool: None, name: (bound, table, None)}
+    return _Step(entries, cmds, interim=cmds, interim_entries=entries, room=left)
 
 
 def _unbind(name: str, old: Backend, table: tuple[Slot, ...], since: float) -> dict[str, Entry]:

@@ -486,3 +486,26 @@ def test_haproxy_dir_fails_fast(raw: str, problem: str) -> None:
     env = {"LISTEN_PATH": "/services/internal", "HAPROXY_DIR": raw, "LB_ID": "lb1"}
     with pytest.raises(SettingError, match=problem):
         load(LbSettings, [], env, "haroute-lb")
+
+
+def test_spares_are_taken_meanwhile_when_another_environment_needs_a_reload() -> None:
+    """Two new environments and one spare: the plan reloads for the second, and while the
+    reload waits the first takes the spare (its servers, then its Host) on the running
+    layout, so it never waits for the reload."""
+    timers = Timers(2, 10, 300, spare_backends=1)
+    applied = Applied(
+        {"pool_http_0": Backend("pool_http_0", "pool", 2)},
+        {"pool_http_0": (Slot(), Slot())},
+    )
+    p = plan(
+        desired(kv(WEB, "w1", 8080), kv(SIT, "s1", 80)), applied, now=0, timers=timers, map_path=MAP
+    )
+    assert p.reload == "new_backend"
+    sit, web = "be_internal_app1_sit_web_ghost_example", "be_internal_app1_dev_web_ghost_example"
+    bound = next(n for n in (web, sit) if p.interim_target and n in p.interim_target.backends)
+    host = p.interim_target.backends[bound].host if p.interim_target else ""
+    assert list(p.interim)[-1] == f"add map {MAP} {host} pool_http_0"
+    assert "set server pool_http_0/s1 state ready" in p.interim
+    # The reload renders both under their own names and the spare free again.
+    assert p.target.backends["pool_http_0"].mode == "pool"
+    assert p.target.hosts[host] == bound
