@@ -17,12 +17,12 @@ a file only when the key is the first block.
 What a ``CERT_DIR`` file must be: a regular file named ``[A-Za-z0-9_][A-Za-z0-9_.-]*.pem``
 (other names are ignored: editors' temporary files, ``.key``; a ``.pem`` with another
 character is refused, since its path would be written into the crt-list), holding the leaf
-certificate first, then its chain, and one unencrypted RSA (2048 bits or more) or ECDSA
-(P-256/384/521) private key that matches the leaf. A DH PARAMETERS block is kept, EC
-PARAMETERS dropped, text outside the armour (``Bag Attributes``) dropped; anything else is
-refused with a reason. What HAProxy gets is a canonical re-armouring of the blocks kept
-(:attr:`CertFile.pem`): its digest is the certificate's identity, so re-saving a file
-unchanged costs nothing.
+certificate first, then its chain (no MD5 or SHA-1 signature), and one unencrypted RSA
+(2048 bits or more) or ECDSA (P-256/384/521) private key that matches the leaf. A DH
+PARAMETERS block is kept, EC PARAMETERS dropped, text outside the armour (``Bag
+Attributes``) dropped; anything else is refused with a reason. What HAProxy gets is a
+canonical re-armouring of the blocks kept (:attr:`CertFile.pem`): its digest is the
+certificate's identity, so re-saving a file unchanged costs nothing.
 
 SNI names (the crt-list filters) are the leaf's subjectAltName DNS names, lower-cased:
 
@@ -142,6 +142,9 @@ class Scan:
 
     certs: Mapping[str, CertFile]
     refused: tuple[Refused, ...] = ()
+    #: Why the directory itself could not be listed ("" when it could): then nothing in
+    #: it is known, and nothing served is taken away.
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -395,6 +398,25 @@ def _check_key(parts: _Parts) -> None:
         )
 
 
+def _check_signatures(certs: list[x509.Certificate]) -> None:
+    """No MD5 or SHA-1 signature in the chain (a self-signed root aside): OpenSSL 3 at its
+    default security level refuses them, and HAProxy 2.6.12 then fails to load the file
+    at start ("unable to load SSL certificate into SSL Context", measured with ``add ssl
+    crt-list``), which would stop every reload."""
+    for number, cert in enumerate(certs, 1):
+        if cert.issuer == cert.subject:
+            continue
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm as exc:
+            raise _Refuse(f"certificate #{number}: unknown signature algorithm") from exc
+        if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+            raise _Refuse(
+                f"certificate #{number} is signed with {algorithm.name.upper()}, which "
+                "OpenSSL 3 refuses"
+            )
+
+
 def _sni_names(leaf: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The leaf's DNS SANs as SNI names, and the dropped ones with why."""
     try:
@@ -432,6 +454,7 @@ def load_cert(
             raise _Refuse("not PEM text (DER or PKCS#12 is not supported)") from exc
         parts = _sort_blocks(_blocks(text))
         _check_key(parts)
+        _check_signatures(parts.certs)
         leaf = parts.certs[0]
         names, dropped = _sni_names(leaf)
         pem = "\n".join(
@@ -470,7 +493,8 @@ def read_cert_dir(directory: str, *, max_pem: int = MAX_PEM) -> Scan:
     try:
         names = sorted(os.listdir(directory))
     except OSError as exc:
-        return Scan({}, (Refused(os.path.basename(directory) or directory, str(exc)),))
+        why = f"cannot list {directory}: {exc.strerror or exc}"
+        return Scan({}, (Refused(os.path.basename(directory) or directory, why),), why)
     certs: dict[str, CertFile] = {}
     refused: list[Refused] = []
     for name in names:
@@ -504,7 +528,10 @@ def merge(
     """The certificates wanted: the valid files of ``scan``, except those whose content
     HAProxy ``rejected`` (name → (digest, reason)); and for a refused file that HAProxy
     serves (``applied``), the version it serves (SPEC §10: "the running one stays").
-    Returns them and every refusal. Pure."""
+    Returns them and every refusal. A directory that cannot be listed keeps everything
+    served as it is (an unmounted volume must not take every certificate away). Pure."""
+    if scan.error:
+        return dict(applied), scan.refused
     wanted: dict[str, CertFile] = {}
     refused = list(scan.refused)
     for name, cert in scan.certs.items():

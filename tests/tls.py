@@ -200,10 +200,11 @@ def issue(
     *,
     key: str = "ec",
     signer: tuple[Path, Path] | None = None,
+    digest: str = "sha256",
 ) -> tuple[str, str]:
     """A server certificate for ``cn`` with subjectAltName ``sans`` (``"DNS:a.test"``,
-    ``"IP:127.0.0.1"``), signed by ``ca`` (or by ``signer`` = (cert, key) files), valid
-    one day: (certificate PEM, key PEM). Each call makes a new key."""
+    ``"IP:127.0.0.1"``), signed by ``ca`` (or by ``signer`` = (cert, key) files) with
+    ``digest``, valid one day: (certificate PEM, key PEM). Each call makes a new key."""
     work = ca.dir / f"issue-{cn.replace('*', 'star')}-{len(list(ca.dir.iterdir()))}"
     work.mkdir()
     ext = "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
@@ -235,7 +236,7 @@ def issue(
         "-CAcreateserial",
         "-days",
         "1",
-        "-sha256",
+        f"-{digest}",
         "-extfile",
         "ext",
         "-out",

@@ -45,6 +45,7 @@ class Material:
     chain_inter: str
     weak: tuple[str, str]  # RSA 1024
     ed: tuple[str, str]  # Ed25519
+    sha1: tuple[str, str]  # signed with SHA-1
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def m(tmp_path_factory: pytest.TempPathFactory) -> Material:
         chain_inter=inter_cert.read_text(),
         weak=issue(ca, "weak", ("DNS:weak.test",), key="rsa1024"),
         ed=issue(ca, "ed", ("DNS:ed.test",), key="ed25519"),
+        sha1=issue(ca, "sha1", ("DNS:sha1.test",), digest="sha1"),
     )
 
 
@@ -155,6 +157,7 @@ def test_rsa_key_is_accepted(m: Material) -> None:
         ("encrypted", "encrypted"),
         ("weak_rsa", "RSA key of 1024 bits"),
         ("ed25519", "only RSA and ECDSA"),
+        ("sha1", "signed with SHA1"),
         ("binary", "not PEM text"),
         ("unclosed", "not closed"),
         ("header", "PEM header"),
@@ -183,6 +186,7 @@ def test_bad_files_are_refused_with_a_reason(
         "encrypted": pem(cert_pem, encrypt_key(key_pem, tmp_path)),
         "weak_rsa": pem(*m.weak),
         "ed25519": pem(*m.ed),
+        "sha1": pem(*m.sha1),
         "binary": b"\x30\x82\x01\x0a" + bytes(range(200)),
         "unclosed": pem(cert_pem, key_pem).rsplit(b"-----END", 1)[0],
         "header": pem(
@@ -360,6 +364,15 @@ def test_merge_keeps_the_running_version_of_a_refused_file() -> None:
     assert [r.name for r in refusals] == ["a.pem", "b.pem", "n.pem"]
     wanted, _ = merge(scan, {}, {"b.pem": ("older", "no")})
     assert set(wanted) == {"b.pem", "c.pem"}
+
+
+def test_an_unlistable_directory_takes_nothing_away(tmp_path: Path) -> None:
+    """CERT_DIR gone (an unmounted volume): everything served stays, with a refusal."""
+    running = {"a.pem": fake("a.pem", "a.test"), "b.pem": fake("b.pem", "b.test")}
+    scan = read_cert_dir(str(tmp_path / "gone"))
+    wanted, refusals = merge(scan, running)
+    assert wanted == running
+    assert "cannot list" in refusals[0].reason
 
 
 # -- the runtime plan -------------------------------------------------------------------
