@@ -37,6 +37,16 @@ same empty-line delimiter (followed by ``"> "``), so it attributes replies no be
 pipelining it needs concurrent reads and writes and a session to keep; the ``;`` line is
 what SPEC §6 names and needs neither.
 
+Certificates (SPEC §10) take another path: ``set ssl cert`` and ``add ssl crt-list`` with
+filters need a ``<<`` payload (lines up to an empty line), which the batch refuses, and
+the TLS commands' replies are not all one block (2.6.12 ends some errors with an empty
+line, and ``commit ssl cert`` prints its own lines without a severity). So
+:meth:`RuntimeClient.execute_payload` and :meth:`RuntimeClient.execute_one` send one
+command alone on its connection (after the severity preamble), take everything after the
+preamble as its reply, and accept only the exact success line the caller names (measured
+on 2.6.12; see ``lb/certs.py``): no text heuristics, since a certificate's path may
+contain any word. Payloads are validated before anything is sent (:func:`check_payload`).
+
 Line length: management.txt limits the whole line to ``tune.bufsize``. 2.6.12 in fact
 consumes a line one ``;``-command at a time (a 40 kB line of short commands worked), but
 only the documented limit is relied on: batches are cut so that each line, newline
@@ -216,6 +226,125 @@ def check_command(command: str) -> None:
         raise ValueError(f"runtime command {command!r} would change the CLI session")
 
 
+#: Payload commands this client sends, and what their payload must be.
+PAYLOAD_PEM = "set ssl cert "
+PAYLOAD_CRT_LIST_LINE = "add ssl crt-list "
+_PEM_ARMOUR = re.compile(r"-----(BEGIN|END) ([A-Z0-9]+(?: [A-Z0-9]+)*)-----")
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/]{1,76}={0,2}")
+# One crt-list line: a path, an optional [sslbindconf], SNI filters; one space apart. No
+# '#', quote, backslash, ';' or control character can be in it.
+_CRT_LIST_WORD = re.compile(r"[A-Za-z0-9_./*!:,\[\]=-]+")
+
+
+def check_pem_payload(payload: str) -> None:
+    """Refuse (``ValueError``) anything but PEM blocks: every line is a ``-----BEGIN X-----``
+    / ``-----END X-----`` armour line or base64, blocks are closed and not nested, no text
+    outside them, no empty line (it would end the payload early), no header line."""
+    if not payload:
+        raise ValueError("empty PEM payload")
+    label: str | None = None
+    body = 0
+    for number, line in enumerate(payload.split("\n"), 1):
+        armour = _PEM_ARMOUR.fullmatch(line)
+        if armour is not None:
+            if armour.group(1) == "BEGIN":
+                if label is not None:
+                    raise ValueError(f"PEM payload line {number}: BEGIN inside {label}")
+                label, body = armour.group(2), 0
+            else:
+                if label != armour.group(2) or body == 0:
+                    raise ValueError(f"PEM payload line {number}: unexpected {line!r}")
+                label = None
+        elif not line:
+            raise ValueError(f"PEM payload line {number} is empty (it would end the payload)")
+        elif label is None or not _BASE64_LINE.fullmatch(line):
+            raise ValueError(f"PEM payload line {number} is neither armour nor base64")
+        else:
+            body += 1
+    if label is not None:
+        raise ValueError(f"PEM payload ends inside {label}")
+
+
+def check_crt_list_line(payload: str) -> None:
+    """Refuse (``ValueError``) a crt-list payload that is not one line of words made of
+    ``[A-Za-z0-9_./*!:,[]=-]`` separated by single spaces, starting with an absolute path
+    (HAProxy 2.6 takes one line only)."""
+    words = payload.split(" ")
+    if not payload or not all(_CRT_LIST_WORD.fullmatch(word) for word in words):
+        raise ValueError(f"crt-list line {payload!r} has forbidden characters or spacing")
+    if not words[0].startswith("/"):
+        raise ValueError(f"crt-list line {payload!r} does not start with an absolute path")
+
+
+def check_payload(command: str, payload: str) -> None:
+    """Validate a ``<<`` payload for ``command`` (``ValueError``): only the payload
+    commands this client knows are allowed, each with its own payload rule."""
+    if command.startswith(PAYLOAD_PEM):
+        check_pem_payload(payload)
+    elif command.startswith(PAYLOAD_CRT_LIST_LINE):
+        check_crt_list_line(payload)
+    else:
+        raise ValueError(f"{command!r} is not a payload command this client sends")
+
+
+def payload_request(command: str, payload: str | None) -> bytes:
+    """What :meth:`RuntimeClient.execute_one` sends: the severity preamble, the command
+    and, with a payload, ``<<``, its lines and the empty line that ends it. Pure."""
+    if payload is None:
+        return f"{SEVERITY_COMMAND};{command}\n".encode()
+    return f"{SEVERITY_COMMAND};{command} <<\n{payload}\n\n".encode()
+
+
+def parse_single_reply(command: str, text: str) -> Reply:
+    """The reply to one command sent alone after the severity preamble: the preamble
+    answers a lone newline, the rest (trailing newlines off) is the command's. Pure."""
+    if not text.startswith("\n"):
+        raise RuntimeProtocolError(SEVERITY_COMMAND, text, reason="preamble failed")
+    return parse_reply(command, text[1:].rstrip("\n"))
+
+
+def reply_is(reply: Reply, expect: str) -> bool:
+    """Whether ``reply`` is the success ``expect``: not flagged as an error, and its last
+    line is exactly ``expect``. Pure."""
+    if reply.severity is not None and reply.severity <= 3:
+        return False
+    return reply.output.rpartition("\n")[2] == expect
+
+
+@dataclass(frozen=True)
+class SslCerts:
+    """``show ssl cert``: the certificate stores, and the path of the one uncommitted
+    transaction (2.6 has at most one for all certificates)."""
+
+    files: tuple[str, ...]
+    transaction: str | None
+
+
+def parse_show_ssl_cert(command: str, output: str) -> SslCerts:
+    """``show ssl cert`` (no argument) of 2.6.12::
+
+    # transaction
+    */path/of/uncommitted.pem
+    # filename
+    /path/a.pem
+    """
+    files: list[str] = []
+    transaction: str | None = None
+    section = ""
+    for line in output.split("\n"):
+        if not line:
+            continue
+        if line.startswith("# "):
+            section = line[2:]
+        elif section == "transaction" and line.startswith("*"):
+            transaction = line[1:]
+        elif section == "filename":
+            files.append(line)
+        else:
+            raise RuntimeProtocolError(command, line, reason="unexpected show ssl cert line")
+    return SslCerts(tuple(files), transaction)
+
+
 def _line(batch: Sequence[str]) -> bytes:
     return (";".join((SEVERITY_COMMAND, *batch)) + "\n").encode()
 
@@ -367,7 +496,47 @@ class RuntimeClient:
         log.debug("[runtime] %d commands in %d batches", len(replies), len(batches))
         return replies
 
+    def execute_payload(self, command: str, payload: str, *, expect: str) -> Reply:
+        """Run one ``<<`` payload command (``set ssl cert <path>`` with PEM text, or ``add
+        ssl crt-list <list>`` with one crt-list line) alone on its connection, and
+        require ``expect`` as the last line of its reply.
+
+        ``command`` is given without ``<<``. Command and payload are validated first
+        (``ValueError``: an empty line, text outside PEM armour, a second crt-list line,
+        more than ``bufsize``); then as :meth:`execute_one`.
+        """
+        check_command(command)
+        check_payload(command, payload)
+        return self._one(command, payload, expect)
+
+    def execute_one(self, command: str, *, expect: str) -> Reply:
+        """Run one command alone on its connection and require ``expect`` as the last line
+        of its reply (:class:`RuntimeCommandError` otherwise, with the reply;
+        :class:`RuntimeUnavailable` when the socket cannot be reached)."""
+        check_command(command)
+        return self._one(command, None, expect)
+
+    def _one(self, command: str, payload: str | None, expect: str) -> Reply:
+        request = payload_request(command, payload)
+        # HAProxy gathers a command and its payload in one buffer of tune.bufsize.
+        if len(request) - len(SEVERITY_COMMAND) >= self.bufsize:
+            raise ValueError(
+                f"runtime command {command!r} with its payload does not fit in bufsize "
+                f"{self.bufsize}"
+            )
+        reply = parse_single_reply(command, self._exchange(request))
+        if not reply_is(reply, expect):
+            raise RuntimeCommandError(
+                command, reply.output, replies=[reply], reason=f"expected {expect!r}"
+            )
+        log.debug("[runtime] %s: %s", command, reply.output.replace("\n", " | "))
+        return reply
+
     # -- reads ----------------------------------------------------------------------
+
+    def ssl_certs(self) -> SslCerts:
+        """``show ssl cert``: the certificate stores and the pending transaction, if any."""
+        return parse_show_ssl_cert("show ssl cert", self._query("show ssl cert"))
 
     def servers_state(self, backend: str | None = None) -> list[ServerState]:
         """``show servers state [backend]``; an unknown backend raises

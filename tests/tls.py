@@ -145,3 +145,163 @@ def make_pki(directory: Path, *, client_cn: str = "haroute-test-client") -> Pki:
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
     )
+
+
+# -- certificates for HAProxy's TLS frontend (lb/certs.py) ---------------------------------
+
+#: ``-newkey`` arguments by key kind.
+KEYS: dict[str, tuple[str, ...]] = {
+    "ec": ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+    "ec384": ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"),
+    "rsa": ("-newkey", "rsa:2048"),
+    "rsa1024": ("-newkey", "rsa:1024"),
+    "ed25519": ("-newkey", "ed25519"),
+}
+
+
+@dataclass(frozen=True)
+class Ca:
+    """A test CA: ``cert`` and ``key`` are files in ``dir``."""
+
+    dir: Path
+    cert: Path
+    key: Path
+
+
+def make_ca(directory: Path, cn: str = "haroute-test-ca") -> Ca:
+    """A self-signed CA (EC P-256, one day) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req",
+        "-x509",
+        *KEY_ARGS,
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-sha256",
+        "-subj",
+        f"/CN={cn}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
+    return Ca(directory, directory / "ca.pem", directory / "ca-key.pem")
+
+
+def issue(
+    ca: Ca,
+    cn: str,
+    sans: tuple[str, ...] = (),
+    *,
+    key: str = "ec",
+    signer: tuple[Path, Path] | None = None,
+    digest: str = "sha256",
+) -> tuple[str, str]:
+    """A server certificate for ``cn`` with subjectAltName ``sans`` (``"DNS:a.test"``,
+    ``"IP:127.0.0.1"``), signed by ``ca`` (or by ``signer`` = (cert, key) files) with
+    ``digest``, valid one day: (certificate PEM, key PEM). Each call makes a new key."""
+    work = ca.dir / f"issue-{cn.replace('*', 'star')}-{len(list(ca.dir.iterdir()))}"
+    work.mkdir()
+    ext = "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    if sans:
+        ext += f"subjectAltName={','.join(sans)}\n"
+    (work / "ext").write_text(ext)
+    _openssl(
+        "req",
+        *KEYS[key],
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+        "-subj",
+        f"/CN={cn}",
+        cwd=work,
+    )
+    cert, cakey = signer or (ca.cert, ca.key)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        str(cert),
+        "-CAkey",
+        str(cakey),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        f"-{digest}",
+        "-extfile",
+        "ext",
+        "-out",
+        "cert.pem",
+        cwd=work,
+    )
+    return (work / "cert.pem").read_text(), (work / "key.pem").read_text()
+
+
+def intermediate(ca: Ca, cn: str = "haroute-test-intermediate") -> tuple[Path, Path]:
+    """An intermediate CA signed by ``ca``: (cert file, key file), for ``issue(signer=)``."""
+    work = ca.dir / f"inter-{len(list(ca.dir.iterdir()))}"
+    work.mkdir()
+    (work / "ext").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n")
+    _openssl(
+        "req", *KEY_ARGS, "-keyout", "key.pem", "-out", "req.csr", "-subj", f"/CN={cn}", cwd=work
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-sha256",
+        "-extfile",
+        "ext",
+        "-out",
+        "cert.pem",
+        cwd=work,
+    )
+    return work / "cert.pem", work / "key.pem"
+
+
+def encrypt_key(key_pem: str, directory: Path) -> str:
+    """``key_pem`` as an encrypted PKCS#8 key (passphrase ``secret``)."""
+    (directory / "plain-key.pem").write_text(key_pem)
+    _openssl(
+        "pkcs8",
+        "-topk8",
+        "-in",
+        "plain-key.pem",
+        "-out",
+        "enc-key.pem",
+        "-passout",
+        "pass:secret",
+        cwd=directory,
+    )
+    return (directory / "enc-key.pem").read_text()
+
+
+def fingerprint(cert_pem: str) -> str:
+    """The SHA-1 fingerprint of a certificate as ``openssl x509 -fingerprint`` gives it,
+    upper-case hex without colons (an oracle independent of lb/certs.py)."""
+    out = subprocess.run(
+        [OPENSSL, "x509", "-noout", "-fingerprint", "-sha1"],
+        input=cert_pem,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.strip().partition("=")[2].replace(":", "")
