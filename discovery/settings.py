@@ -284,6 +284,12 @@ def endpoints(raw: str) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
+def existing_dir(raw: str) -> str:
+    if not os.path.isdir(raw):
+        raise ValueError("directory does not exist")
+    return os.path.abspath(raw)
+
+
 def existing_file(raw: str) -> str:
     if not os.path.isfile(raw):
         raise ValueError("file does not exist")

@@ -147,6 +147,11 @@ class CertSync:
         self._reported: set[tuple[str, str]] = set()
 
     @property
+    def serving(self) -> int:
+        """Certificates in the staged crt-list (what HAProxy serves or will after a reload)."""
+        return len((self._pending or self.applied).entries)
+
+    @property
     def has_certs(self) -> bool:
         """Whether the staged crt-list has a certificate (else render no TLS bind)."""
         return bool((self._pending or self.applied).entries)

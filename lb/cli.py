@@ -270,7 +270,7 @@ def read_etcd(settings: LbSettings) -> EtcdView:
         settings.layout,
         settings.listen_path,
         domain=settings.dns_domain,
-        http=settings.http_bind is not None,
+        http=settings.http_enabled,
         tcp=settings.tcp_bind_addr is not None,
     )
     return EtcdView(desired, rejected, revision)

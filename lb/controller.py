@@ -32,6 +32,7 @@ from discovery.rejects import RejectLog
 from discovery.watch import PrefixMirror
 from lb import budget, haproxylog, procfs, state
 from lb.catalog import Catalog
+from lb.certwatch import CertPaths, CertReport, CertSync, CertWatch
 from lb.decide import Decision, Gate, decide
 from lb.desired import Problem, Service
 from lb.files import HAProxyFiles, prepare_directory
@@ -93,17 +94,23 @@ class Controller:
             settings.layout,
             settings.listen_path,
             domain=settings.dns_domain,
-            http=settings.http_bind is not None,
+            http=settings.http_enabled,
             tcp=settings.tcp_bind_addr is not None,
             reserved_ports=settings.reserved_ports,
         )
         self.guard = MassRemovalGuard(window=float(settings.ttl), grace=settings.mass_removal_grace)
         self.rejects = RejectLog(metrics)
         self.templates = TemplateWatch(settings.template_dir, self.wake)
+        # TLS (HTTPS_BIND): the certificates HAProxy serves, kept equal to CERT_DIR.
+        self.certs: CertSync | None = None
+        self.certwatch: CertWatch | None = None
+        if settings.https_bind is not None and settings.cert_dir is not None:
+            self.certs = CertSync(CertPaths.in_haproxy_dir(settings.cert_dir, settings.haproxy_dir))
+            self.certwatch = CertWatch(settings.cert_dir, self.wake)
         self.ctx = settings.render_context()
         self._init_state()
         self.frontend: LeaseKeeper | None = None
-        if settings.http_bind is not None and settings.advertise_ip is not None:
+        if settings.http_enabled and settings.advertise_ip is not None:
             self.frontend = LeaseKeeper(
                 session,
                 settings.ttl,
@@ -165,9 +172,13 @@ class Controller:
             thread.start()
         self.template_digest = self.templates.digest()
         self.templates.start()
+        if self.certwatch is not None:
+            self.certwatch.start()
         self._start()
         run_loop("lb", self.cycle, stop=self.stop, wake=self.wake, metrics=self.metrics)
         self.templates.stop()
+        if self.certwatch is not None:
+            self.certwatch.stop()
         self._shutdown()
         for thread in threads:
             thread.join(2)
@@ -180,6 +191,7 @@ class Controller:
         if now >= self.next_alive:
             self._check_haproxy(now)
         self._check_template()
+        self._check_certs()
         self._check_pool(now)
         if not all(m.synced for m in self.mirrors):
             return Turn(self._next(now), "waiting for the first list from etcd")
@@ -431,7 +443,7 @@ class Controller:
         target = fitted
         try:
             template = (Path(self.s.template_dir) / TEMPLATE).read_text()
-            text = render_config(template, target, self.ctx, TEMPLATE, maxconn=self.budget.maxconn)
+            text = self._render(template, target)
         except Exception as exc:  # a template error is the operator's, and is reported
             self._refuse(reasons, f"template {TEMPLATE} does not render: {exc}", now)
             return
@@ -465,6 +477,8 @@ class Controller:
             self.gate = self.gate.failed(now)
         else:
             self.installer.rollback(installed)
+            if self.certs is not None:
+                self.certs.reload_failed()
             self._blame(target, result, now)
         write_status(self.files.status, reasons, result.ok, result.detail, result.alerts)
         self.metrics.reload_retry.set(max(0.0, self.gate.retry_at - now))
@@ -512,6 +526,8 @@ class Controller:
             if target.backends.get(name) != self.applied.backends.get(name)
         )
         self.gate = self.gate.reloaded(now)
+        if self.certs is not None:
+            self.certs.reloaded()
         self.forced.clear()
         self.diverged = False
         self.refused = None
@@ -540,6 +556,8 @@ class Controller:
         changes go on."""
         self.metrics.reloads.labels(reasons[0], "failed").inc()
         log.error("[reload] %s (%s); the running config stays", why, ", ".join(reasons))
+        if self.certs is not None:
+            self.certs.reload_failed()
         write_status(self.files.status, reasons, False, why, ())
         self.gate = self.gate.attributed(now)
         if self.diverged and self._read_back(adopting=False):
@@ -582,8 +600,13 @@ class Controller:
 
     def _start(self) -> None:
         prepare_directory(self.s.haproxy_dir)
+        staged = self.certs.prepare() if self.certs is not None else None
+        if staged is not None:
+            self._certs_said(staged)
         if self.haproxy.adopt():
             self._read_back(adopting=True)
+            if staged is not None and staged.reload is not None:
+                self.forced.add(staged.reload)  # the files changed since it loaded them
             return
         if not Path(self.files.cfg).exists():
             self._first_config()
@@ -612,13 +635,13 @@ class Controller:
         )
         fitted = self._fit(target) or Applied()
         template = (Path(self.s.template_dir) / TEMPLATE).read_text()
-        text = render_config(template, fitted, self.ctx, TEMPLATE, maxconn=self.budget.maxconn)
+        text = self._render(template, fitted)
         candidate = Candidate(text, render_map(fitted), state.layout_text(fitted, self.budget))
         check = self.installer.check(candidate)
         if not check.ok:
             log.error("[lb] the first config fails its check: %s", check.message)
             fitted = Applied()
-            text = render_config(template, fitted, self.ctx, TEMPLATE)
+            text = self._render(template, fitted)
             candidate = Candidate(text, "", state.layout_text(fitted))
         self.installer.commit(candidate)
         self.installer.settle()
@@ -670,6 +693,8 @@ class Controller:
         why = self._restarted(ensured, current)
         self.absent = False
         self.identity = current
+        if ensured is Ensured.STARTED and self.certs is not None:
+            self.certs.reloaded()  # it started from the staged files
         if why:
             log.error(
                 "[lb] HAProxy was restarted (%s); applying the state again",
@@ -727,8 +752,9 @@ class Controller:
             self.metrics.reconciles.labels("repaired").inc()
             return
         # Every backend is planned again: a change the loop missed cannot stay missed
-        # beyond one RECONCILE_INTERVAL.
+        # beyond one RECONCILE_INTERVAL; the certificate directory is looked at too.
         self.full = True
+        self._check_certs(always=True)
         drifted = state.drift(self.applied, running)
         if drifted:
             log.warning(
@@ -762,6 +788,35 @@ class Controller:
             self.refused = None
             self.template_digest = digest
 
+    def _render(self, template: str, target: Applied) -> str:
+        tls = self.certs is not None and self.certs.has_certs
+        return render_config(
+            template, target, self.ctx, TEMPLATE, maxconn=self.budget.maxconn, tls=tls
+        )
+
+    def _check_certs(self, *, always: bool = False) -> None:
+        """A certificate added, changed or removed in CERT_DIR (the watch woke us, or the
+        periodic reconcile) is applied through the runtime API; what cannot be is staged
+        for a reload (reason certificates_changed)."""
+        if self.certs is None or self.certwatch is None:
+            return
+        if not self.certwatch.take() and not always:
+            return
+        report = self.certs.sync(self.runtime)
+        self._certs_said(report)
+        if report.reload is not None:
+            self.forced.add(report.reload)
+
+    def _certs_said(self, report: CertReport) -> None:
+        log.info("[tls] %s", report.sentence)
+        for refused in report.refused:
+            log.error("[tls] %s", refused, extra={"reason": "certificate_refused"})
+        for warning in report.warnings:
+            log.warning("[tls] %s", warning)
+        self.metrics.certificates.labels("refused").set(len(report.refused))
+        if self.certs is not None:
+            self.metrics.certificates.labels("served").set(self.certs.serving)
+
     def _shutdown(self) -> None:
         if self.frontend is not None:
             with contextlib.suppress(EtcdUnavailable):
@@ -782,7 +837,7 @@ class Controller:
             return
         try:
             template = (Path(self.s.template_dir) / TEMPLATE).read_text()
-            text = render_config(template, target, self.ctx, TEMPLATE, maxconn=self.budget.maxconn)
+            text = self._render(template, target)
         except Exception:  # a broken template: the files of the last good config stay
             log.exception("[lb] cannot render the running state into the files")
             return

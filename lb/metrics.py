@@ -14,6 +14,7 @@ REASONS = (
     "backend_removed",
     "runtime_failed",
     "template_changed",
+    "certificates_changed",
     "haproxy_restarted",
     "config_changed",
     "pool_refill",
@@ -132,6 +133,14 @@ class LbMetrics(Metrics):
         self.etcd_revision = Gauge(
             "haroute_etcd_revision", "the latest etcd revision the lb has seen", registry=r
         )
+        self.certificates = Gauge(
+            "haroute_certificates",
+            "TLS certificates of CERT_DIR: served, or refused (does not parse, key mismatch)",
+            ["state"],
+            registry=r,
+        )
+        for state in ("served", "refused"):
+            self.certificates.labels(state)
         self.reconciles = Counter(
             "haroute_reconciles_total",
             "full read-backs of HAProxy's state, by outcome (clean|repaired)",

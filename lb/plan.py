@@ -37,6 +37,7 @@ REASON_ORDER = (
     "backend_removed",
     "runtime_failed",
     "template_changed",
+    "certificates_changed",
     "haproxy_restarted",
     "config_changed",
     "pool_refill",

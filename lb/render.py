@@ -42,15 +42,25 @@ class RenderContext:
     http_bind: Address | None
     tcp_bind_addr: str | None
     metrics_bind: Address | None
+    https_bind: Address | None = None
+    crt_list: str = ""
 
     def binds(self) -> list[Address]:
         """The addresses the rendered config binds besides TCP listens (fd budget)."""
-        return [a for a in (self.http_bind, self.metrics_bind) if a is not None]
+        return [a for a in (self.http_bind, self.https_bind, self.metrics_bind) if a is not None]
 
 
 def render_config(
-    template: str, target: Applied, ctx: RenderContext, name: str, *, maxconn: int = MAXCONN
+    template: str,
+    target: Applied,
+    ctx: RenderContext,
+    name: str,
+    *,
+    maxconn: int = MAXCONN,
+    tls: bool = False,
 ) -> str:
+    """The config text. ``tls``: render the HTTPS bind (only once the crt-list has a
+    certificate: HAProxy 2.6 refuses an ssl bind with an empty one)."""
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -86,9 +96,11 @@ def render_config(
         maxconn=int(maxconn),
         check_options=CHECK_OPTIONS,
         http_bind=check_safe(ctx.http_bind) if ctx.http_bind else "",
+        https_bind=check_safe(ctx.https_bind) if ctx.https_bind and tls else "",
+        crt_list=check_safe(ctx.crt_list) if ctx.https_bind and tls else "",
         tcp_bind_addr=check_safe(ctx.tcp_bind_addr) if ctx.tcp_bind_addr else "",
         metrics_bind=check_safe(ctx.metrics_bind) if ctx.metrics_bind else "",
-        http_backends=http if ctx.http_bind else [],
+        http_backends=http if ctx.http_bind or ctx.https_bind else [],
         tcp_listens=tcp if ctx.tcp_bind_addr else [],
     )
 

@@ -78,6 +78,18 @@ class LbSettings(CommonSettings):
     http_bind: Address | None = setting(
         "HTTP_BIND", s.optional(bind_address), "*:80", "HTTP frontend address (empty: none)"
     )
+    https_bind: Address | None = setting(
+        "HTTPS_BIND",
+        s.optional(bind_address),
+        "",
+        "HTTPS frontend address (empty: none; needs CERT_DIR)",
+    )
+    cert_dir: str | None = setting(
+        "CERT_DIR",
+        s.optional(s.existing_dir),
+        "",
+        "directory of PEM files (chain and key) served on HTTPS_BIND",
+    )
     tcp_bind_addr: str | None = setting(
         "TCP_BIND_ADDR",
         s.optional(s.ip_address),
@@ -148,13 +160,20 @@ class LbSettings(CommonSettings):
             raise SettingError(
                 "HAPROXY_MANAGE", "external", "needs HAPROXY_RELOAD_CMD and HAPROXY_SOCKET"
             )
+        if self.https_bind is not None and self.cert_dir is None:
+            raise SettingError("HTTPS_BIND", str(self.https_bind), "needs CERT_DIR")
+
+    @property
+    def http_enabled(self) -> bool:
+        """An HTTP frontend exists (plain, TLS, or both)."""
+        return self.http_bind is not None or self.https_bind is not None
 
     @property
     def reserved_ports(self) -> frozenset[int]:
         """Ports the lb binds itself: no TCP service gets them, on any address (SPEC §9)."""
         return frozenset(
             a.port
-            for a in (self.http_bind, self.haproxy_metrics_addr, self.metrics_addr)
+            for a in (self.http_bind, self.https_bind, self.haproxy_metrics_addr, self.metrics_addr)
             if a is not None
         )
 
@@ -173,11 +192,11 @@ class LbSettings(CommonSettings):
     @property
     def adopt_map_path(self) -> str | None:
         """The map a running HAProxy has: only with an HTTP frontend."""
-        return self.map_path if self.http_bind else None
+        return self.map_path if self.http_enabled else None
 
     @property
     def timers(self) -> Timers:
-        spare = self.spare_backends if self.http_bind is not None else 0
+        spare = self.spare_backends if self.http_enabled else 0
         return Timers(self.slots, self.drain_timeout, self.backend_gc_after, spare)
 
     def render_context(self) -> RenderContext:
@@ -188,4 +207,6 @@ class LbSettings(CommonSettings):
             self.http_bind,
             self.tcp_bind_addr,
             self.haproxy_metrics_addr,
+            self.https_bind,
+            f"{self.haproxy_dir}/crt-list",
         )
