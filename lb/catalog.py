@@ -149,6 +149,10 @@ class Catalog:
         """Every key held (valid or not)."""
         return list(self._kvs)
 
+    def path_of(self, name: str) -> ServicePath | None:
+        entry = self._paths.get(name)
+        return entry[0] if entry is not None else None
+
     def names(self) -> set[str]:
         return set(self._built)
 

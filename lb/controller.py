@@ -26,19 +26,29 @@ from pathlib import Path
 
 from discovery.daemon import Stopper, Turn, run_loop
 from discovery.etcd import EtcdSession, EtcdUnavailable
+from discovery.kv import KV
 from discovery.lease import LeaseKeeper
-from discovery.records import FrontendRecord
+from discovery.opsconfig import (
+    ConfigPath,
+    Maintenance,
+    ServiceConfig,
+    effective_config,
+    parse_config,
+    parse_maintenance,
+)
+from discovery.records import FrontendRecord, InvalidRecord, ServicePath
 from discovery.rejects import RejectLog
 from discovery.watch import PrefixMirror
 from lb import budget, haproxylog, procfs, state
 from lb.catalog import Catalog
 from lb.certwatch import CertPaths, CertReport, CertSync, CertWatch
 from lb.decide import Decision, Gate, decide
-from lb.desired import Problem, Service
+from lb.desired import DEFAULT_SETTINGS, Problem, Service, backend_for_host, backend_name
 from lb.files import HAProxyFiles, prepare_directory
 from lb.guard import MassRemovalGuard
 from lb.install import Candidate, Installer
 from lb.metrics import PROBLEMS, LbMetrics
+from lb.operator import Aliases, settings_from, with_pins
 from lb.plan import Applied, Plan, for_reload, plan
 from lb.process import Ensured, HAProxyError, HAProxyProcess, Identity, ReloadResult
 from lb.render import render_config, render_map
@@ -90,6 +100,21 @@ class Controller:
             )
             for p in settings.listen_path
         ]
+        # What the operator said (SPEC §10): service settings and instance pins. They are
+        # not needed to route, so the loop does not wait for them to be listed.
+        self.ops = [
+            PrefixMirror(
+                session.fork(),
+                prefix,
+                on_change=self._changed,
+                metrics=metrics,
+                track_changes=True,
+            )
+            for prefix in (settings.layout.config, settings.layout.maintenance)
+        ]
+        self.configs: dict[ConfigPath, ServiceConfig] = {}
+        self.pins: dict[ServicePath, dict[str, Maintenance]] = {}
+        self.aliases = Aliases()
         self.catalog = Catalog(
             settings.layout,
             settings.listen_path,
@@ -166,7 +191,7 @@ class Controller:
             threading.Thread(
                 target=m.run, args=(self.stop.event,), daemon=True, name=f"mirror{m.prefix}"
             )
-            for m in self.mirrors
+            for m in (*self.mirrors, *self.ops)
         ]
         for thread in threads:
             thread.start()
@@ -232,11 +257,84 @@ class Controller:
             for key, kv in changes.items.items():
                 self._put(key, kv)
             self.seen_revision = max(self.seen_revision, changes.revision)
+        config_mirror, pin_mirror = self.ops
+        configs = config_mirror.take_changes()
+        if configs.relisted:
+            self.configs = {}
+            self.full = True
+        for key, kv in configs.items.items():
+            self._put_config(key, kv)
+        pins = pin_mirror.take_changes()
+        if pins.relisted:
+            self.pins = {}
+        for key, kv in pins.items.items():
+            self._put_pin(key, kv)
         self.cycle_revision = self.seen_revision
         self.metrics.etcd_revision.set(self.seen_revision)
         valid, invalid = self.catalog.counts
         self.metrics.records.labels("valid").set(valid)
         self.metrics.records.labels("invalid").set(invalid)
+
+    def _put_config(self, key: str, kv: KV | None) -> None:
+        """A ``/config`` key changed: the backends it covers are planned again (a change
+        of their shape is a reload, reason config_changed; of aliases, map entries)."""
+        try:
+            path = self.s.layout.split_config_key(key)
+            parsed = parse_config(kv.value) if kv is not None else None
+        except InvalidRecord as exc:
+            if kv is not None:
+                self.rejects.reject(key, kv.mod_revision, exc)
+            return
+        if parsed is None:
+            self.configs.pop(path, None)
+            self.rejects.forget(key)
+        else:
+            self.configs[path] = parsed.value
+            error = parsed.error()
+            if error is not None and kv is not None:
+                self.rejects.reject(key, kv.mod_revision, error)
+        self.touched |= {
+            n for n in self.catalog.names() if (p := self.catalog.path_of(n)) and path.covers(p)
+        }
+
+    def _put_pin(self, key: str, kv: KV | None) -> None:
+        """A ``/maintenance`` pin changed: the instance's backend is planned again; a pin
+        for an instance that does not exist yet is kept and applies when it appears."""
+        try:
+            path, instance = self.s.layout.split_maintenance_key(key)
+            parsed = parse_maintenance(kv.value) if kv is not None else None
+        except InvalidRecord as exc:
+            if kv is not None:
+                self.rejects.reject(key, kv.mod_revision, exc)
+            return
+        pins = self.pins.setdefault(path, {})
+        if parsed is None:
+            pins.pop(instance, None)
+            self.rejects.forget(key)
+        else:
+            pins[instance] = parsed.value
+        if not pins:
+            del self.pins[path]
+        self.touched |= {backend_name(path, "http"), backend_name(path, "tcp")}
+
+    def _operator(self, service: Service) -> tuple[Service, list[Problem], set[str]]:
+        """``service`` as the operator configured it: its settings, its pinned
+        instances, the aliases it gets; the problems; and the other services an alias
+        change touches."""
+        config = effective_config(self.configs, service.path) if self.configs else None
+        settings = settings_from(config) if config is not None else DEFAULT_SETTINGS
+        service = with_pins(replace(service, settings=settings), self.pins.get(service.path, {}))
+        if service.mode != "http":
+            return service, [], set()
+        wanted = config.aliases if config is not None and config.aliases else ()
+        touched = self.aliases.claim(service.name, wanted, service.created)
+        granted, problems = self.aliases.granted(service, self._own_host)
+        return replace(service, aliases=granted), problems, touched
+
+    def _own_host(self, host: str) -> str | None:
+        """The service whose own Host ``host`` is."""
+        name = backend_for_host(host, self.s.dns_domain)
+        return name if name is not None and name in self.catalog.names() else None
 
     def _put(self, key: str, kv: object) -> None:
         touched, rejected = self.catalog.put(key, kv)  # type: ignore[arg-type]
@@ -261,8 +359,20 @@ class Controller:
         """The services ``names`` should be, with the mass-removal guard's held servers;
         ``names`` grows by the services whose held servers changed."""
         raw: dict[str, Service | None] = {}
-        for name in names:
+        pending = list(names)
+        while pending:
+            name = pending.pop()
             service, problems = self.catalog.service(name, self._bound)
+            if service is not None:
+                service, more, touched = self._operator(service)
+                problems = [*problems, *more]
+                fresh = touched - names
+                names |= fresh
+                pending += fresh
+            elif name in self.aliases.by_name:
+                fresh = self.aliases.claim(name, (), 0) - names
+                names |= fresh
+                pending += fresh
             self._report_problems(name, tuple(problems))
             self.guard.record(name, service, now)
             raw[name] = service

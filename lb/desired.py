@@ -24,15 +24,51 @@ from discovery.records import (
 
 @dataclass(frozen=True, order=True)
 class Instance:
-    """One server: its instance ID and where it is reached."""
+    """One server: its instance ID and where it is reached; ``state`` and ``weight``
+    are an operator's pin (``/maintenance``, SPEC §10), ``ready`` and ``None`` (HAProxy's
+    default weight) without one."""
 
     id: str
     ip: str
     port: int
+    state: str = "ready"
+    weight: int | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         return (self.ip, self.port)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """How a backend is rendered, from the operator's ``/config`` (SPEC §10); the
+    defaults are what every backend had before (a TCP check every 2 s, fall 2, rise 1,
+    round robin, the template's timeouts)."""
+
+    balance: str = "roundrobin"
+    check: str = "tcp"  # "tcp" | "http"
+    check_path: str = "/"
+    inter_ms: int = 2000
+    fall: int = 2
+    rise: int = 1
+    timeout_connect_ms: int | None = None
+    timeout_server_ms: int | None = None
+    maxconn: int | None = None
+    https_redirect: bool = False
+
+    def server_options(self) -> str:
+        """The keywords of every server (rendered per backend, given to ``add server``:
+        dynamic servers ignore ``default-server``)."""
+        options = f"check inter {self.inter_ms}ms fall {self.fall} rise {self.rise}"
+        return options + (f" maxconn {self.maxconn}" if self.maxconn else "")
+
+    @property
+    def dynamic_servers(self) -> bool:
+        """HAProxy 2.6 takes ``add server`` only with these balance algorithms."""
+        return self.balance in ("roundrobin", "leastconn")
+
+
+DEFAULT_SETTINGS = BackendSettings()
 
 
 @dataclass(frozen=True)
@@ -46,6 +82,8 @@ class Service:
     host: str = ""  # HTTP: the Host header routed here
     port: int = 0  # TCP: the port it listens on
     created: int = 0  # lowest create revision among its records
+    settings: BackendSettings = DEFAULT_SETTINGS
+    aliases: tuple[str, ...] = ()  # HTTP: more Host names routed here (SPEC §10)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ REASONS = (
     "reconcile",
 )
 
-PROBLEMS = ("port_clash", "port_mismatch", "port_reserved")
+PROBLEMS = ("port_clash", "port_mismatch", "port_reserved", "alias_clash")
 
 
 class LbMetrics(Metrics):

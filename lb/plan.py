@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from lb.desired import Desired, Instance, Service
+from lb.desired import DEFAULT_SETTINGS, BackendSettings, Desired, Instance, Service
 
 FREE_ADDR = "127.0.0.1"
 FREE_PORT = 1
@@ -57,10 +57,12 @@ class Slot:
     instance: str | None = None
     since: float = 0.0  # when it started draining
     dynamic: bool = False
+    weight: int | None = None  # set by a pin (None: HAProxy's default)
+    pinned: bool = False  # its state is an operator's pin, not a drain of a gone instance
 
     @property
     def free(self) -> bool:
-        return self.state == "maint"
+        return self.state == "maint" and self.instance is None
 
     @property
     def live(self) -> bool:
@@ -81,6 +83,13 @@ class Backend:
     host: str = ""
     port: int = 0
     proxy: str = ""
+    settings: BackendSettings = DEFAULT_SETTINGS
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Its Host and aliases (HTTP): every map entry that points at it."""
+        return ((self.host,) if self.host else ()) + self.aliases
 
     @property
     def haproxy(self) -> str:
@@ -312,6 +321,8 @@ def _plan_one(
         )
         if bound is not None:
             return bound
+    settings = service.settings if service is not None else (old.settings if old else None)
+    dynamic = old is not None and settings is not None and settings.dynamic_servers
     table, cmds, left = _assign(
         old.haproxy if old is not None else name,
         applied.slots.get(name, ()),
@@ -319,8 +330,11 @@ def _plan_one(
         now=now,
         drain_timeout=timers.drain_timeout,
         sessions=sessions,
-        room=room if old is not None else 0,
+        room=room if dynamic else 0,
+        options=(settings or DEFAULT_SETTINGS).server_options(),
     )
+    if not dynamic:
+        left = room
     running: dict[str, Entry] = {name: (old, table, applied.empty_since.get(name))} if old else {}
     since = applied.empty_since.get(name, now)
     if service is None and old is not None and old.proxy:
@@ -358,11 +372,23 @@ def _bind(
         drain_timeout=timers.drain_timeout,
         sessions=sessions,
         room=room,
+        options=backend.settings.server_options(),
     )
     if _unplaced(table, service.instances):
         return None
     spare.pop(0)
-    bound = Backend(name, "http", backend.slots, service.host, service.port, proxy=pool)
+    # The spare keeps its default shape in HAProxy; the environment's own settings are
+    # kept here and rendered at the next reload (SPEC §10).
+    bound = Backend(
+        name,
+        "http",
+        backend.slots,
+        service.host,
+        service.port,
+        proxy=pool,
+        settings=service.settings,
+        aliases=service.aliases,
+    )
     entries: dict[str, Entry] = {pool: None, name: (bound, table, None)}
     return _Step(entries, cmds, interim=cmds, interim_entries=entries, room=left)
 
@@ -409,14 +435,42 @@ def _layout(
         live = len(service.instances)
         table = tuple(Slot(i.ip, i.port, "ready", i.id) for i in service.instances)
         table += tuple(Slot() for _ in range(wanted_slots(live, timers.initial_slots) - live))
-        backend = Backend(name, service.mode, len(table), service.host, service.port)
+        table = (
+            tuple(
+                Slot(i.ip, i.port, i.state, i.id, weight=i.weight, pinned=i.state != "ready")
+                for i in service.instances
+            )
+            + table[live:]
+        )
+        backend = Backend(
+            name,
+            service.mode,
+            len(table),
+            service.host,
+            service.port,
+            settings=service.settings,
+            aliases=service.aliases,
+        )
         return (backend, table, None), "new_backend"
-    backend = Backend(name, service.mode, old.slots, service.host, service.port, old.proxy)
+    backend = Backend(
+        name,
+        service.mode,
+        old.slots,
+        service.host,
+        service.port,
+        old.proxy,
+        service.settings,
+        service.aliases,
+    )
+    reason = None
     if _unplaced(table, service.instances):
-        return (backend, table, None), "slots_exhausted"
-    if old.port != service.port or old.host != service.host:
-        return (backend, table, None), "new_backend"
-    return (backend, table, None), None
+        reason = "slots_exhausted"
+    elif old.port != service.port or old.host != service.host:
+        reason = "new_backend"
+    elif old.settings != service.settings and not old.proxy:
+        # A spare-backend environment gets its own settings at the next reload anyway.
+        reason = "config_changed"
+    return (backend, table, None), reason
 
 
 def first_reason(reasons: Collection[str]) -> str:
@@ -445,14 +499,15 @@ def _host_changes(
     full: bool,
 ) -> dict[str, str | None]:
     """Host map entries to set (or delete: ``None``), pointing at the name HAProxy knows
-    each backend by. A full plan compares the whole map (stray entries of an adopted map
-    go); a partial one the touched backends' hosts."""
+    each backend by; a backend's aliases are entries too. A full plan compares the whole
+    map (stray entries of an adopted map go); a partial one the touched backends'."""
     hosts: dict[str, str | None] = {}
     if full:
         wanted = {
-            entry[0].host: entry[0].haproxy
+            host: entry[0].haproxy
             for entry in changed.values()
-            if entry is not None and entry[0].mode == "http" and entry[0].host
+            if entry is not None and entry[0].mode == "http"
+            for host in entry[0].hosts
         }
         for host in applied.hosts:
             if host not in wanted:
@@ -465,17 +520,14 @@ def _host_changes(
         if name in changed:
             entry = changed[name]
             new = entry[0] if entry is not None else None
-        new_host = new.host if new is not None and new.mode == "http" else ""
-        if (
-            old is not None
-            and old.mode == "http"
-            and old.host
-            and old.host != new_host
-            and applied.hosts.get(old.host) == old.haproxy
-        ):
-            hosts[old.host] = None
-        if new is not None and new_host:
-            hosts[new_host] = new.haproxy
+        new_hosts = new.hosts if new is not None and new.mode == "http" else ()
+        if old is not None and old.mode == "http":
+            for host in old.hosts:
+                if host not in new_hosts and applied.hosts.get(host) == old.haproxy:
+                    hosts[host] = None
+        if new is not None:
+            for host in new_hosts:
+                hosts[host] = new.haproxy
     return hosts
 
 
@@ -503,9 +555,19 @@ def for_reload(
         table = target.slots.get(name, ())
         service = services.get(name)
         instances = service.instances if service is not None and name in changed else ()
-        kept = [replace(s, dynamic=False, since=0.0) for s in table if s.state == "ready"]
+        # A pinned drain is rendered disabled (HAProxy's config has no drain): the new
+        # worker starts it in maintenance and the next plan drains it again.
+        kept = [
+            replace(s, dynamic=False, since=0.0, state="maint" if s.state == "drain" else s.state)
+            for s in table
+            if s.state == "ready" or (s.pinned and s.instance)
+        ]
         placed = {s.instance for s in kept}
-        kept += [Slot(i.ip, i.port, "ready", i.id) for i in instances if i.id not in placed]
+        kept += [
+            Slot(i.ip, i.port, i.state, i.id, weight=i.weight, pinned=i.state != "ready")
+            for i in instances
+            if i.id not in placed
+        ]
         if backend.proxy and not kept:
             continue  # an environment that went while it was on a spare backend
         size = wanted_slots(len(kept), minimum)
@@ -515,7 +577,7 @@ def for_reload(
         pool = pool_name(n)
         backends[pool] = Backend(pool, "pool", minimum)
         slots[pool] = tuple(Slot() for _ in range(minimum))
-    hosts = {b.host: b.name for b in backends.values() if b.mode == "http" and b.host}
+    hosts = {h: b.name for b in backends.values() if b.mode == "http" for h in b.hosts}
     return Applied(backends, slots, hosts, target.empty_since)
 
 
@@ -537,10 +599,12 @@ def _assign(  # noqa: PLR0912, PLR0915 - four passes over one table read best to
     drain_timeout: float,
     sessions: Mapping[tuple[str, str], int],
     room: int = 0,
+    options: str = SERVER_OPTIONS,
 ) -> tuple[tuple[Slot, ...], list[str], int]:
     """The slot table serving ``instances``, the commands that make ``current`` it, and
     the room for dynamic servers left. Instances that find no slot are left out (the
-    caller then reloads with more)."""
+    caller then reloads with more). An instance's pin (SPEC §10) sets its slot's state
+    and weight; ``options`` are the server keywords ``add server`` gets."""
     table = list(current)
     cmds: list[str] = []
     wanted = {i.id: i for i in instances}
@@ -550,10 +614,24 @@ def _assign(  # noqa: PLR0912, PLR0915 - four passes over one table read best to
     def server(k: int) -> str:
         return f"{backend}/s{k + 1}"
 
+    def settle(k: int, slot: Slot, inst: Instance) -> None:
+        """Make slot ``k`` (now ``slot``) serve ``inst`` with its pin's state and weight."""
+        if inst.address != (slot.addr, slot.port):
+            cmds.append(f"set server {server(k)} addr {inst.ip} port {inst.port}")
+        if (inst.weight or 1) != (slot.weight or 1):
+            cmds.append(f"set server {server(k)} weight {inst.weight or 1}")
+        if slot.state != inst.state:
+            cmds.append(f"set server {server(k)} state {inst.state}")
+        pinned = inst.state != "ready" or inst.weight is not None
+        since = now if inst.state == "drain" and slot.state != "drain" else slot.since
+        table[k] = Slot(
+            inst.ip, inst.port, inst.state, inst.id, since, slot.dynamic, inst.weight, pinned
+        )
+
     # 1. Slots that serve a wanted instance keep it (matched by ID, else by address for
     #    slots adopted from a running HAProxy, whose IDs we do not know).
     for k, slot in enumerate(table):
-        if not slot.live:
+        if not slot.live and not slot.pinned:
             continue
         inst = wanted.get(slot.instance) if slot.instance else None
         if inst is None and slot.instance is None:
@@ -561,28 +639,28 @@ def _assign(  # noqa: PLR0912, PLR0915 - four passes over one table read best to
         if inst is None or inst.id in placed:
             continue
         placed.add(inst.id)
-        if inst.address != (slot.addr, slot.port):
-            cmds.append(f"set server {server(k)} addr {inst.ip} port {inst.port}")
-        if slot.state != "ready":
-            cmds.append(f"set server {server(k)} state ready")
-        table[k] = Slot(inst.ip, inst.port, "ready", inst.id, dynamic=slot.dynamic)
+        settle(k, slot, inst)
 
-    # 2. Slots whose instance is gone drain, then go to maintenance.
+    # 2. Slots whose instance is gone drain, then go to maintenance (a pinned one already
+    #    in maintenance is simply free again).
     for k, slot in enumerate(table):
-        if not slot.live or slot.instance in placed:
+        if slot.instance in placed or slot.free or slot.state == "gone":
+            continue
+        if slot.state == "maint":
+            table[k] = Slot(dynamic=slot.dynamic, weight=slot.weight)
             continue
         if slot.state == "ready":
             if drain_timeout <= 0:
                 cmds.append(f"set server {server(k)} state maint")
-                table[k] = Slot(dynamic=slot.dynamic)
+                table[k] = Slot(dynamic=slot.dynamic, weight=slot.weight)
                 continue
             cmds.append(f"set server {server(k)} state drain")
-            table[k] = replace(slot, state="drain", since=now)
+            table[k] = replace(slot, state="drain", since=now, pinned=False)
         draining = table[k]
         idle = sessions.get((backend, f"s{k + 1}"), 1) == 0
         if draining.state == "drain" and (idle or now - draining.since >= drain_timeout):
             cmds.append(f"set server {server(k)} state maint")
-            table[k] = Slot(dynamic=slot.dynamic)
+            table[k] = Slot(dynamic=slot.dynamic, weight=slot.weight)
 
     # 3. New instances take free slots, then dynamic ones while there is room.
     free = [k for k, slot in enumerate(table) if slot.free]
@@ -592,9 +670,7 @@ def _assign(  # noqa: PLR0912, PLR0915 - four passes over one table read best to
             continue
         if free:
             k = free.pop(0)
-            cmds.append(f"set server {server(k)} addr {inst.ip} port {inst.port}")
-            cmds.append(f"set server {server(k)} state ready")
-            table[k] = Slot(inst.ip, inst.port, "ready", inst.id, dynamic=table[k].dynamic)
+            settle(k, table[k], inst)
         elif room > 0:
             room -= 1
             if gone:
@@ -602,12 +678,10 @@ def _assign(  # noqa: PLR0912, PLR0915 - four passes over one table read best to
             else:
                 k = len(table)
                 table.append(Slot())
-            cmds.append(
-                f"add server {server(k)} {_server_address(inst.ip, inst.port)} {SERVER_OPTIONS}"
-            )
+            address = _server_address(inst.ip, inst.port)
+            cmds.append(f"add server {server(k)} {address} {options}")
             cmds.append(f"enable health {server(k)}")
-            cmds.append(f"set server {server(k)} state ready")
-            table[k] = Slot(inst.ip, inst.port, "ready", inst.id, dynamic=True)
+            settle(k, Slot(inst.ip, inst.port, "maint", dynamic=True), inst)
         else:
             continue
         placed.add(inst.id)

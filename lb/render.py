@@ -15,9 +15,12 @@ from typing import Any
 import jinja2
 
 from discovery.settings import Address
+from lb.desired import BackendSettings
 from lb.plan import CHECK_OPTIONS, Applied
 
 _SAFE = re.compile(r"[A-Za-z0-9_.:/\[\]-]+")
+# An HTTP check's path: what discovery.opsconfig accepts (no space, quote, # or ;).
+_SAFE_URL_PATH = re.compile(r"/[A-Za-z0-9_.~/%?=&-]*")
 
 HARD_STOP_AFTER = "30s"
 MAXCONN = 4000  # the default of MAXCONN=auto (lb/budget.py sizes it to the fd limit)
@@ -77,6 +80,7 @@ def render_config(
                 "addr": check_safe(s.addr),
                 "port": int(s.port),
                 "disabled": s.state != "ready",
+                "weight": int(s.weight) if s.weight is not None else None,
             }
             for k, s in enumerate(target.slots.get(backend.name, ()))
             if s.state != "gone"
@@ -85,6 +89,7 @@ def render_config(
             "name": check_safe(backend.name),
             "servers": servers,
             "port": int(backend.port),
+            **_settings(backend.settings, http=backend.mode != "tcp"),
         }
         (tcp if backend.mode == "tcp" else http).append(entry)
     return env.from_string(template).render(
@@ -103,6 +108,22 @@ def render_config(
         http_backends=http if ctx.http_bind or ctx.https_bind else [],
         tcp_listens=tcp if ctx.tcp_bind_addr else [],
     )
+
+
+def _settings(settings: BackendSettings, *, http: bool) -> dict[str, Any]:
+    """A backend's operator settings (SPEC §10) as the template's values; every one was
+    validated when read (``discovery.opsconfig``) and is checked again here."""
+    check_path = settings.check_path if http and settings.check == "http" else ""
+    if check_path and _SAFE_URL_PATH.fullmatch(check_path) is None:
+        raise UnsafeValue(f"refusing to render check path {check_path!r:.80}")
+    return {
+        "balance": check_safe(settings.balance),
+        "check_options": " ".join(check_safe(w) for w in settings.server_options().split()[1:]),
+        "check_path": check_path,
+        "timeout_connect": settings.timeout_connect_ms,
+        "timeout_server": settings.timeout_server_ms,
+        "https_redirect": bool(http and settings.https_redirect),
+    }
 
 
 def render_map(target: Applied) -> str:

@@ -226,7 +226,7 @@ def test_out_of_slots_with_room_adds_dynamic_servers() -> None:
     assert cmds == [
         f"set server {name}/s2 addr 127.0.0.2 port 8081",
         f"set server {name}/s2 state ready",
-        f"add server {name}/s3 127.0.0.2:8082 check inter 2s fall 2 rise 1",
+        f"add server {name}/s3 127.0.0.2:8082 check inter 2000ms fall 2 rise 1",
         f"enable health {name}/s3",
         f"set server {name}/s3 state ready",
     ]

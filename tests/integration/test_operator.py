@@ -1,0 +1,179 @@
+"""What an operator tells the lb through etcd (SPEC §10), applied by a real lb to a real
+HAProxy 2.6: per-service settings in /config (HTTP checks on a path, aliases, balance)
+and instance pins in /maintenance (drain, weight), kept through reloads and restarts."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.lb_helpers import LbStack, QuietServer, host_of, lb_stack
+from tests.servers import Etcd, Stack, wait_for
+
+WEB = "/internal/app1/dev/web/ghost.example"
+SIT = "/internal/app1/sit/web/ghost.example"
+BE_WEB = "be_internal_app1_dev_web_ghost_example"
+
+
+class Sick:
+    """An HTTP server answering its name, except on /healthz, where it answers
+    ``health`` (500: sick)."""
+
+    def __init__(self, name: str, health: int) -> None:
+        body = name.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                status = health if self.path == "/healthz" else 200
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.name = name
+        self.server = QuietServer(("127.0.0.2", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serves(lb: LbStack, path: str, names: set[str], timeout: float = 10) -> None:
+    wait_for(lambda: lb.answers(host_of(path)) == names, timeout, 0.05, f"{path} -> {names}")
+
+
+def test_an_http_check_on_a_path_takes_a_sick_instance_out(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """CHECK {TYPE http, PATH /healthz}: the instance whose /healthz answers 500 is taken
+    out by HAProxy's checks, the healthy one serves; the change is a reload with reason
+    config_changed."""
+    good, sick = Sick("good", 200), Sick("sick", 500)
+    try:
+        with lb_stack(servers, etcd, tmp_path, SPARE_BACKENDS="0") as lb:
+            lb.start()
+            lb.put(WEB, "g", good.port)
+            lb.put(WEB, "s", sick.port)
+            serves(lb, WEB, {"good", "sick"})  # TCP checks: both up
+            lb.session.put(
+                "/config/internal/app1/dev/web",
+                json.dumps({"CHECK": {"TYPE": "http", "PATH": "/healthz", "INTERVAL": 0.2}}),
+            )
+            wait_for(
+                lambda: lb.metric("haroute_reloads_total", reason="config_changed", result="ok")
+                >= 1,
+                10,
+                what="config_changed reload",
+            )
+            assert "option httpchk GET /healthz" in lb.config()
+            serves(lb, WEB, {"good"}, timeout=15)
+    finally:
+        good.close()
+        sick.close()
+
+
+def test_aliases_route_to_the_first_environment_without_a_reload(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """ALIASES: a request with the alias Host reaches the environment, added with 0
+    reloads; an alias claimed by a second environment stays with the first (reported)."""
+    with lb_stack(servers, etcd, tmp_path) as lb:
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        lb.start()
+        lb.put(WEB, "w1", b1.port)
+        lb.put(SIT, "s1", b2.port)
+        serves(lb, WEB, {"b1"})
+        serves(lb, SIT, {"b2"})
+        reloads = lb.haproxy_reloads()
+        lb.session.put(f"/config{WEB}", json.dumps({"ALIASES": ["ghost.example.com"]}))
+        wait_for(lambda: lb.answers("ghost.example.com") == {"b1"}, 10, 0.05, "alias routes")
+        lb.session.put(f"/config{SIT}", json.dumps({"ALIASES": ["ghost.example.com"]}))
+        wait_for(
+            lambda: lb.metric("haroute_problems", kind="alias_clash") == 1, 10, what="reported"
+        )
+        assert lb.answers("ghost.example.com") == {"b1"}
+        lb.session.delete(f"/config{WEB}")
+        wait_for(lambda: lb.answers("ghost.example.com") == {"b2"}, 10, 0.05, "alias moves")
+        assert lb.haproxy_reloads() == reloads
+
+
+def test_a_drain_pin_holds_through_reloads_and_restarts_and_weights_split(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """A drain pin takes no new requests to the instance; it holds through a reload and
+    an lb restart; weights 0 and 100 send everything to the 100; deleting the pins gives
+    the instances back."""
+    with lb_stack(servers, etcd, tmp_path, SPARE_BACKENDS="0") as lb:
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        first = lb.start()
+        lb.put(WEB, "w1", b1.port)
+        lb.put(WEB, "w2", b2.port)
+        serves(lb, WEB, {"b1", "b2"})
+        pin = f"/maintenance{WEB}/w2"
+        lb.session.put(pin, json.dumps({"STATE": "drain", "REASON": "test", "BY": "pytest"}))
+        serves(lb, WEB, {"b1"})
+        lb.put(SIT, "s1", b1.port)  # a reload for a new environment
+        wait_for(
+            lambda: lb.metric("haroute_reloads_total", reason="new_backend", result="ok") >= 2,
+            10,
+            what="the reload",
+        )
+        serves(lb, WEB, {"b1"})
+        first.stop(signal.SIGKILL)
+        lb.start()  # adopts; the pin still applies
+        serves(lb, WEB, {"b1"})
+        lb.session.put(pin, json.dumps({"STATE": "ready", "WEIGHT": 100}))
+        lb.session.put(f"/maintenance{WEB}/w1", json.dumps({"WEIGHT": 0}))
+        serves(lb, WEB, {"b2"})  # weight 0 beside 100: all to the one with 100
+        lb.session.delete(pin)
+        lb.session.delete(f"/maintenance{WEB}/w1")
+        serves(lb, WEB, {"b1", "b2"})
+
+
+def test_hostile_operator_values_never_reach_haproxy(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """Values in /config and /maintenance aimed at HAProxy's syntax are rejected (counted),
+    never rendered, mapped or sent; the other fields still apply."""
+    with lb_stack(servers, etcd, tmp_path, SPARE_BACKENDS="0") as lb:
+        b = lb.backend("b")
+        lb.start()
+        lb.put(WEB, "w1", b.port)
+        serves(lb, WEB, {"b"})
+        evil = "/x\nbackend evil\n  server s 127.0.0.9:80"
+        lb.session.put(
+            "/config/internal/app1/dev/web",
+            json.dumps(
+                {
+                    "CHECK": {"TYPE": "http", "PATH": evil},
+                    "BALANCE": "roundrobin;evil",
+                    "ALIASES": ["a b", "evil;x"],
+                    "TIMEOUT_SERVER": 30,
+                }
+            ),
+        )
+        lb.session.put(f"/maintenance{WEB}/w1", json.dumps({"STATE": "ready;evil", "WEIGHT": 7}))
+        wait_for(
+            lambda: lb.metric("haroute_reloads_total", reason="config_changed", result="ok") >= 1,
+            10,
+            what="the valid field applied",
+        )
+        assert "timeout server 30000ms" in lb.config()
+        text = lb.config() + (lb.dir / "hosts.map").read_text()
+        for needle in ("evil", "127.0.0.9", "a b"):
+            assert needle not in text
+        assert lb.lb is not None and "evil" not in "".join(
+            line for line in lb.lb.log().splitlines() if "[runtime]" in line
+        )
+        serves(lb, WEB, {"b"})
