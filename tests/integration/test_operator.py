@@ -71,8 +71,9 @@ def test_an_http_check_on_a_path_takes_a_sick_instance_out(
                 json.dumps({"CHECK": {"TYPE": "http", "PATH": "/healthz", "INTERVAL": 0.2}}),
             )
             wait_for(
-                lambda: lb.metric("haroute_reloads_total", reason="config_changed", result="ok")
-                >= 1,
+                lambda: (
+                    lb.metric("haroute_reloads_total", reason="config_changed", result="ok") >= 1
+                ),
                 10,
                 what="config_changed reload",
             )
