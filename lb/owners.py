@@ -14,4 +14,6 @@ def make_process(settings: LbSettings) -> HAProxyProcess:
     if settings.haproxy_manage == "external":
         assert settings.haproxy_reload_cmd is not None
         return ExternalHAProxy(settings.haproxy_reload_cmd, settings.admin_socket)
-    return SpawnedHAProxy(settings.haproxy_bin, settings.haproxy_dir)
+    target = settings.access_log
+    stdout = "-" if target == "stdout" else target if target and target.startswith("/") else None
+    return SpawnedHAProxy(settings.haproxy_bin, settings.haproxy_dir, stdout=stdout)

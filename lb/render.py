@@ -47,6 +47,7 @@ class RenderContext:
     metrics_bind: Address | None
     https_bind: Address | None = None
     crt_list: str = ""
+    access_log: str = ""  # HAProxy's log target for access logs ("": none)
 
     def binds(self) -> list[Address]:
         """The addresses the rendered config binds besides TCP listens (fd budget)."""
@@ -105,6 +106,7 @@ def render_config(
         crt_list=check_safe(ctx.crt_list) if ctx.https_bind and tls else "",
         tcp_bind_addr=check_safe(ctx.tcp_bind_addr) if ctx.tcp_bind_addr else "",
         metrics_bind=check_safe(ctx.metrics_bind) if ctx.metrics_bind else "",
+        access_log=check_safe(ctx.access_log) if ctx.access_log else "",
         http_backends=http if ctx.http_bind or ctx.https_bind else [],
         tcp_listens=tcp if ctx.tcp_bind_addr else [],
     )

@@ -55,6 +55,17 @@ def maxconn(raw: str) -> int | None:
     return s.positive_int(raw)
 
 
+def access_log(raw: str) -> str:
+    """``stdout``, an absolute file path, or ``udp://host:port`` (syslog)."""
+    value = raw.strip()
+    if value == "stdout" or value.startswith("/"):
+        return value
+    if value.startswith("udp://"):
+        address = s.listen_address(value.removeprefix("udp://"))
+        return f"udp://{address}"
+    raise ValueError("must be stdout, an absolute file path, or udp://host:port")
+
+
 def bind_address(raw: str) -> Address:
     """``host:port`` (``*`` for every address)."""
     return s.listen_address(raw if ":" in raw else f"*:{raw}")
@@ -143,6 +154,12 @@ class LbSettings(CommonSettings):
         "60",
         "seconds a spare backend serves before a reload gives it back (pool_refill)",
     )
+    access_log: str | None = setting(
+        "ACCESS_LOG",
+        s.optional(access_log),
+        "",
+        "HAProxy's access log: stdout, a file path, or udp://host:port (empty: off)",
+    )
     reconcile_interval: float = setting(
         "RECONCILE_INTERVAL",
         s.positive_duration,
@@ -209,4 +226,15 @@ class LbSettings(CommonSettings):
             self.haproxy_metrics_addr,
             self.https_bind,
             f"{self.haproxy_dir}/crt-list",
+            self.log_target,
         )
+
+    @property
+    def log_target(self) -> str:
+        """``ACCESS_LOG`` as HAProxy's ``log`` target: a file or the lb's stdout are
+        HAProxy's stdout (the lb opens them), syslog its address; "" off."""
+        if self.access_log is None:
+            return ""
+        if self.access_log.startswith("udp://"):
+            return self.access_log.removeprefix("udp://")
+        return "stdout"

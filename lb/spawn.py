@@ -14,6 +14,7 @@ socket refuses connections or stalls for a moment (about 2 s when the reload fai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -49,8 +50,12 @@ class SpawnedHAProxy:
         poll_interval: float = 0.02,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
+        stdout: str | None = None,
     ) -> None:
         self.haproxy_bin = haproxy_bin
+        #: Where HAProxy's stdout goes (its access log, ``ACCESS_LOG``): ``None`` with its
+        #: stderr to ``haproxy.log``, ``"-"`` the lb's own stdout, else a file path.
+        self.stdout = stdout
         self.files = HAProxyFiles(str(Path(directory).absolute()))
         # ``-S`` takes a comma-separated list of options after the path.
         if "," in self.files.directory:
@@ -131,11 +136,19 @@ class SpawnedHAProxy:
             offset = haproxylog.size(self.files.log)
             started = self.clock()
             try:
-                with open(self.files.log, "ab") as out:
+                with contextlib.ExitStack() as files:
+                    out = files.enter_context(open(self.files.log, "ab"))
+                    access = (
+                        None
+                        if self.stdout == "-"
+                        else files.enter_context(open(self.stdout, "ab"))
+                        if self.stdout
+                        else out
+                    )
                     self._child = subprocess.Popen(
                         self.command_line(),
                         stdin=subprocess.DEVNULL,
-                        stdout=out,
+                        stdout=access,
                         stderr=out,
                         cwd=self.files.directory,
                         start_new_session=True,

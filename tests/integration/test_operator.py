@@ -178,3 +178,38 @@ def test_hostile_operator_values_never_reach_haproxy(
             line for line in lb.lb.log().splitlines() if "[runtime]" in line
         )
         serves(lb, WEB, {"b"})
+
+
+def test_access_logs_to_a_file_and_to_syslog(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
+    """ACCESS_LOG: with a file, every request is one line naming the backend and server
+    (option httplog); with udp://host:port, the line arrives at a syslog listener."""
+    import socket
+
+    log_file = tmp_path / "access.log"
+    with lb_stack(servers, etcd, tmp_path, ACCESS_LOG=str(log_file), SPARE_BACKENDS="0") as lb:
+        b = lb.backend("b")
+        lb.start()
+        lb.put(WEB, "w1", b.port)
+        serves(lb, WEB, {"b"})
+        wait_for(
+            lambda: log_file.exists() and f"{BE_WEB}/s1" in log_file.read_text(),
+            10,
+            0.1,
+            "an access log line",
+        )
+        line = next(x for x in log_file.read_text().splitlines() if f"{BE_WEB}/s1" in x)
+        assert "http-in" in line and "GET / HTTP/1.1" in line
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(("127.0.0.1", 0))
+        syslog.settimeout(10)
+        port = syslog.getsockname()[1]
+        with lb_stack(servers, etcd, tmp_path / "udp", ACCESS_LOG=f"udp://127.0.0.1:{port}") as lb:
+            b = lb.backend("b")
+            (tmp_path / "udp").mkdir(exist_ok=True)
+            lb.start()
+            lb.put(WEB, "w2", b.port)
+            serves(lb, WEB, {"b"})
+            data = b""
+            while b"GET / HTTP/1.1" not in data:
+                data = syslog.recv(65536)
+            assert b"http-in" in data
