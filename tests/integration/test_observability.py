@@ -71,7 +71,9 @@ ALERTS_WITH_DATA = {"HarouteInvalidRecords"}
 
 # Grafana's built-in variables, as a 1 s scrape interval would have them.
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "5s", "__range": "5m"}
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+# A Grafana variable: ``$name`` or ``${name}``; ``$1`` (a label_replace capture group,
+# which Grafana leaves alone) is not one.
+VARIABLE = re.compile(r"\$\{([A-Za-z_]\w*)(?::\w+)?\}|\$([A-Za-z_]\w*)")
 METRIC = re.compile(r"\b(?:haroute|haproxy)_[a-z0-9_]+\b|\bup\b(?=\s*\{)")
 
 
