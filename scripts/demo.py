@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 HOST_IP = "127.0.0.2"
+ALIAS = "ghost.example.com"
 
 WEB_SERVER = """
 import http.server, sys
@@ -47,6 +51,9 @@ class H(socketserver.BaseRequestHandler):
 socketserver.ThreadingTCPServer.allow_reuse_address = True
 socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
 """
+
+
+from tests.tls import issue, make_ca  # noqa: E402  (openssl, as the tests make them)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -210,6 +217,21 @@ def http_get(port: int, host: str) -> str:
         return str(resp.read().decode())
 
 
+def https_get(port: int, host: str, cafile: Path) -> str:
+    """A request over TLS with ``host`` as SNI and Host, verified against the demo's CA."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request)
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return data.decode(errors="replace").partition("\r\n\r\n")[2]
+
+
 def db_echo(port: int, text: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(text)
@@ -235,9 +257,14 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="haroute-demo-"))
     demo = Demo(workdir)
-    http_port = free_port()
+    http_port, https_port = free_port(), free_port()
     dev_host = "ghost.example.web.dev.app1.internal.skydns.local"
     sit_host = "ghost.example.web.sit.app1.internal.skydns.local"
+    certs = workdir / "certs"
+    certs.mkdir()
+    ca = make_ca(workdir / "ca", "haroute-demo-ca")
+    cert, key = issue(ca, dev_host, (f"DNS:{dev_host}", f"DNS:{sit_host}", f"DNS:{ALIAS}"))
+    (certs / "default.pem").write_text(cert + key)
     try:
         demo.start_etcd()
         demo.daemon(
@@ -254,6 +281,8 @@ def main() -> int:
             {
                 "LISTEN_PATH": "/services/internal/app1/dev,/services/internal/app1/sit",
                 "HTTP_BIND": f"127.0.0.1:{http_port}",
+                "HTTPS_BIND": f"127.0.0.1:{https_port}",
+                "CERT_DIR": str(certs),
                 "TCP_BIND_ADDR": "",
                 "ADVERTISE_IP": "127.0.0.1",
                 "FRONTEND_PORT": str(http_port),
@@ -289,6 +318,23 @@ def main() -> int:
             workdir,
         )
         wait("sit routing", lambda: "web-sit-1" in http_get(http_port, sit_host), workdir)
+        # What an operator does (SPEC §10, `haroute drain` and `haroute config` write these):
+        # drain web-dev-2 for maintenance, and give dev's web an extra Host name.
+        pin = "/maintenance/internal/app1/dev/web/ghost.example/web-dev-2"
+        demo.etcdctl("put", pin, json.dumps({"STATE": "drain", "REASON": "demo", "BY": "demo"}))
+        demo.etcdctl(
+            "put", "/config/internal/app1/dev/web/ghost.example", json.dumps({"ALIASES": [ALIAS]})
+        )
+        wait(
+            "the drain",
+            lambda: (
+                {http_get(http_port, dev_host) for _ in range(6)}
+                == {"hello from web-dev-1 (dev)\n"}
+            ),
+            workdir,
+        )
+        wait("the alias", lambda: "web-dev-1" in http_get(http_port, ALIAS), workdir)
+        wait("https", lambda: "web-dev-1" in https_get(https_port, dev_host, ca.cert), workdir)
         wait("the sidecar", lambda: db_echo(db_port, b"hi") == b"db says: hi", workdir)
         prometheus_yml = demo.write_prometheus_config()
         print(
@@ -299,6 +345,15 @@ DNS records of the web services point at it):
   curl -H 'Host: {dev_host}' http://127.0.0.1:{http_port}/
   curl -H 'Host: {sit_host}' http://127.0.0.1:{http_port}/
   curl -H 'Host: unknown.example' http://127.0.0.1:{http_port}/     # 503
+
+An operator drained web-dev-2 (only web-dev-1 answers dev now) and gave dev an alias:
+  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} get --prefix /maintenance
+  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} get --prefix /config
+  curl -H 'Host: {ALIAS}' http://127.0.0.1:{http_port}/
+  ETCDCTL_API=3 etcdctl --endpoints={demo.endpoint} del {pin}   # web-dev-2 is back
+
+HTTPS with SNI (the certificates in {certs}, applied without a reload):
+  curl --cacert {ca.cert} --resolve {dev_host}:{https_port}:127.0.0.1 https://{dev_host}:{https_port}/
 
 The sidecar lb makes the dev database of ORIGIN.md reachable on its own port:
   python3 -c 'import socket; s=socket.create_connection(("127.0.0.1",{db_port})); s.sendall(b"hello"); print(s.recv(99))'
@@ -321,6 +376,13 @@ Ctrl-C stops everything.""",
                 and len(dns) == 2
             ), dns
             assert http_get(http_port, sit_host).startswith("hello from web-sit-1")
+            assert https_get(https_port, ALIAS, ca.cert).startswith("hello from web-dev-1")
+            demo.etcdctl("del", pin)
+            wait(
+                "the pin deleted",
+                lambda: len({http_get(http_port, dev_host) for _ in range(6)}) == 2,
+                workdir,
+            )
             if shutil.which("promtool"):
                 subprocess.run(
                     ["promtool", "check", "config", str(prometheus_yml)],
