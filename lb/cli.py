@@ -25,7 +25,7 @@ import pwd
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -245,6 +245,8 @@ class EtcdView:
     desired: Desired
     rejected: list[Rejected]
     revision: int
+    #: Operator pins (SPEC §10) by "<service path>/<ID>".
+    pins: Mapping[str, str] = field(default_factory=dict)
 
 
 def read_etcd(settings: LbSettings) -> EtcdView:
@@ -260,6 +262,7 @@ def read_etcd(settings: LbSettings) -> EtcdView:
             kvs, rev = session.get_prefix(prefix)
             items.update((kv.key, kv) for kv in kvs)
             revision = max(revision, rev)
+        pins = _read_pins(session, settings)
     except EtcdUnavailable as exc:
         shown = ",".join(_endpoint(e) for e in settings.etcd_endpoints)
         raise Failure(f"etcd unreachable at {shown}: {exc}") from exc
@@ -273,7 +276,29 @@ def read_etcd(settings: LbSettings) -> EtcdView:
         http=settings.http_enabled,
         tcp=settings.tcp_bind_addr is not None,
     )
-    return EtcdView(desired, rejected, revision)
+    return EtcdView(desired, rejected, revision, pins)
+
+
+def _read_pins(session: EtcdSession, settings: LbSettings) -> dict[str, str]:
+    """Every pin in /maintenance, as one line each ("drain, weight 0 (by ann: reason)").
+    A user who may not read /maintenance sees none."""
+    try:
+        kvs, _ = session.get_prefix(settings.layout.maintenance + "/")
+    except EtcdUnavailable:
+        return {}
+    pins: dict[str, str] = {}
+    for kv in kvs:
+        try:
+            path, instance = settings.layout.split_maintenance_key(kv.key)
+            pin = parse_maintenance(kv.value).value
+        except InvalidRecord:
+            continue
+        what = ", ".join(
+            x for x in (pin.state, f"weight {pin.weight}" if pin.weight is not None else None) if x
+        )
+        who = ": ".join(x for x in (pin.by, pin.reason) if x)
+        pins[f"{path.text}/{instance}"] = what + (f" (by {who})" if who else "")
+    return pins
 
 
 def _endpoint(e: Endpoint) -> str:
@@ -514,7 +539,12 @@ def status_report(
                     port=s.port,
                     state=s,
                 )
-                | {"note": None if inst else "no record"}
+                | {
+                    "note": None if inst else "no record",
+                    "pin": view.pins.get(f"{service.path.text}/{inst.id}")
+                    if inst and service
+                    else None,
+                }
             )
         held = {(s.addr, s.port) for s in used}
         for inst in instances:
@@ -529,7 +559,10 @@ def status_report(
                         port=inst.port,
                         state=None,
                     )
-                    | {"note": "not in HAProxy yet" if live else None}
+                    | {
+                        "note": "not in HAProxy yet" if live else None,
+                        "pin": view.pins.get(f"{service.path.text}/{inst.id}") if service else None,
+                    }
                 )
         backends.append(
             {
@@ -669,7 +702,9 @@ def status_text(report: Mapping[str, Any]) -> str:
                     r["address"],
                     r["admin"] or "-",
                     r["operational"] or "-",
-                    r["note"] or "",
+                    "; ".join(
+                        x for x in (r["note"], f"pinned: {r['pin']}" if r.get("pin") else None) if x
+                    ),
                 )
                 for r in report["servers"]
             ],

@@ -213,3 +213,35 @@ def test_access_logs_to_a_file_and_to_syslog(servers: Stack, etcd: Etcd, tmp_pat
             while b"GET / HTTP/1.1" not in data:
                 data = syslog.recv(65536)
             assert b"http-in" in data
+
+
+def test_status_shows_an_instances_pin(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:
+    """`haroute status` names the pin of a pinned instance, with who set it and why."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    with lb_stack(servers, etcd, tmp_path) as lb:
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        lb.start()
+        lb.put(WEB, "w1", b1.port)
+        lb.put(WEB, "w2", b2.port)
+        serves(lb, WEB, {"b1", "b2"})
+        pin = json.dumps({"STATE": "drain", "REASON": "kernel update", "BY": "ann"})
+        lb.session.put(f"/maintenance{WEB}/w2", pin)
+        serves(lb, WEB, {"b1"})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        env.update({"PYTHONPATH": str(ROOT), **lb.env})
+        out = subprocess.run(
+            [sys.executable, "-m", "lb.cli", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        rows = {r["instance"]: r for r in json.loads(out)["servers"] if r["instance"]}
+        assert rows["w2"]["pin"] == "drain (by ann: kernel update)"
+        assert rows["w1"]["pin"] is None
