@@ -5,21 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from discovery.metrics import Metrics
+from lb.plan import REASON_ORDER
 
 # 1 ms to 10 s (issue: buckets that resolve 1 ms to 10 s).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-REASONS = (
-    "new_backend",
-    "slots_exhausted",
-    "backend_removed",
-    "runtime_failed",
-    "template_changed",
-    "certificates_changed",
-    "haproxy_restarted",
-    "config_changed",
-    "pool_refill",
-    "reconcile",
-)
+# Every reload reason, in the order a reload is named by (lb/plan.py).
+REASONS = REASON_ORDER
 
 PROBLEMS = ("port_clash", "port_mismatch", "port_reserved", "alias_clash")
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), H).serve_foreve
 """
 
 
-from tests.tls import issue, make_ca  # noqa: E402  (openssl, as the tests make them)
+from tests.tls import https_get, issue, make_ca  # noqa: E402  (openssl, as the tests make them)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -217,21 +216,6 @@ def http_get(port: int, host: str) -> str:
         return str(resp.read().decode())
 
 
-def https_get(port: int, host: str, cafile: Path) -> str:
-    """A request over TLS with ``host`` as SNI and Host, verified against the demo's CA."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        ctx.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        tls.sendall(request)
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    return data.decode(errors="replace").partition("\r\n\r\n")[2]
-
-
 def db_echo(port: int, text: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(text)
@@ -334,7 +318,11 @@ def main() -> int:
             workdir,
         )
         wait("the alias", lambda: "web-dev-1" in http_get(http_port, ALIAS), workdir)
-        wait("https", lambda: "web-dev-1" in https_get(https_port, dev_host, ca.cert), workdir)
+        wait(
+            "https",
+            lambda: "web-dev-1" in str(https_get(https_port, dev_host, ca.cert)),
+            workdir,
+        )
         wait("the sidecar", lambda: db_echo(db_port, b"hi") == b"db says: hi", workdir)
         prometheus_yml = demo.write_prometheus_config()
         print(
@@ -376,7 +364,8 @@ Ctrl-C stops everything.""",
                 and len(dns) == 2
             ), dns
             assert http_get(http_port, sit_host).startswith("hello from web-sit-1")
-            assert https_get(https_port, ALIAS, ca.cert).startswith("hello from web-dev-1")
+            answer = https_get(https_port, ALIAS, ca.cert)
+            assert answer is not None and answer[1].startswith("hello from web-dev-1")
             demo.etcdctl("del", pin)
             wait(
                 "the pin deleted",

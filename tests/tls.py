@@ -305,3 +305,27 @@ def fingerprint(cert_pem: str) -> str:
         check=True,
     )
     return out.stdout.strip().partition("=")[2].replace(":", "")
+
+
+def https_get(port: int, host: str, cafile: Path) -> tuple[int, str] | None:
+    """One HTTP/1.1 request to 127.0.0.1:``port`` over TLS, with ``host`` as SNI and Host,
+    verified against ``cafile``: (status, body), or ``None`` when it fails."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(request)
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
+    status = head.split(" ", 2)
+    return (int(status[1]), body) if len(status) > 1 and status[1].isdigit() else None

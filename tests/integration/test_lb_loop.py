@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lb.files import prepare_directory
 from lb.spawn import SpawnedHAProxy
-from tests.lb_helpers import EchoServer, LbStack, WhoServer, host_of, lb_stack
+from tests.lb_helpers import EchoServer, LbStack, WhoServer, host_of, lb_stack, record
 from tests.servers import Etcd, Stack, free_port, pid_gone, wait_for
 
 WEB = "/internal/app1/dev/web/ghost.example"
@@ -221,11 +221,11 @@ def test_auto_maxconn_and_slots_shrink_to_the_fd_limit(
         lb.start(prefix=("prlimit", "--nofile=2000:2000"))
         paths = [f"/internal/app1/dev/web/e{i}" for i in range(150)]
         items = [
-            (f"/services{p}/i{k}", _http(p, f"i{k}", "127.0.0.3", 2000 + i * 8 + k))
+            (f"/services{p}/i{k}", record(p, f"i{k}", "127.0.0.3", 2000 + i * 8 + k))
             for i, p in enumerate(paths)
             for k in range(8)
         ]
-        items.append((f"/services{WEB}/w1", _http(WEB, "w1", "127.0.0.2", b.port)))
+        items.append((f"/services{WEB}/w1", record(WEB, "w1", "127.0.0.2", b.port)))
         lb.session.put_many(items, lease=lb.lease)
         serves(lb, WEB, {"b"}, timeout=30)
         wait_for(lambda: lb.metric("haroute_maxconn") > 0, 10, what="maxconn exported")
@@ -315,24 +315,6 @@ def _peer(port: int) -> int | None:
     return int(data) if data.isdigit() else None
 
 
-def _http(path: str, iid: str, ip: str, port: int) -> str:
-    p = path.split("/")
-    return json.dumps(
-        {
-            "ID": iid,
-            "APP": p[2],
-            "ENV": p[3],
-            "SERVICE": p[4],
-            "NAME": p[5] if len(p) > 5 else "",
-            "PORT": port,
-            "TYPE": "HTTP",
-            "IP": ip,
-            "EXT_PORT": port,
-            "NODE": "hosta",
-        }
-    )
-
-
 def _info(text: str) -> list[tuple[str, str]]:
     return [tuple(line.split(": ", 1)) for line in text.splitlines() if ": " in line]  # type: ignore[misc]
 
@@ -348,14 +330,14 @@ def test_a_thousand_backends_of_ten_servers(servers: Stack, etcd: Etcd, tmp_path
             items = [
                 (
                     f"/services{path}/i{k}",
-                    _http(path, f"i{k}", f"127.9.{i // 250}.{i % 250 + 1}", 20000 + k),
+                    record(path, f"i{k}", f"127.9.{i // 250}.{i % 250 + 1}", 20000 + k),
                 )
                 for k in range(1, 10)
             ]
             if i == len(paths) - 1:
-                items.append((f"/services{path}/i0", _http(path, "i0", "127.0.0.2", b1.port)))
+                items.append((f"/services{path}/i0", record(path, "i0", "127.0.0.2", b1.port)))
             else:
-                items.append((f"/services{path}/i0", _http(path, "i0", "127.9.200.1", 20000 + i)))
+                items.append((f"/services{path}/i0", record(path, "i0", "127.9.200.1", 20000 + i)))
             lb.session.put_many(items, lease=lb.session.grant(600)[0])
         lb.start()
         last = paths[-1]
@@ -364,7 +346,7 @@ def test_a_thousand_backends_of_ten_servers(servers: Stack, etcd: Etcd, tmp_path
         assert sum(1 for line in state.splitlines() if " be_big_" in line) >= 10000
         reloads = lb.haproxy_reloads()
         lease = lb.session.grant(600)[0]
-        lb.session.put(f"/services{last}/i0", _http(last, "i0", "127.0.0.2", b2.port), lease=lease)
+        lb.session.put(f"/services{last}/i0", record(last, "i0", "127.0.0.2", b2.port), lease=lease)
         wait_for(lambda: lb.answers(host_of(last)) == {"b2"}, 15, 0.1, "the moved instance")
         assert lb.haproxy_reloads() == reloads
 

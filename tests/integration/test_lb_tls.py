@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.lb_helpers import host_of, lb_stack
 from tests.servers import Etcd, Stack, free_port, wait_for
-from tests.tls import Ca, fingerprint, issue, make_ca
+from tests.tls import Ca, fingerprint, https_get, issue, make_ca
 
 WEB = "/internal/app1/dev/web/ghost.example"
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -33,26 +33,6 @@ def served(port: int, ca: Ca, sni: str | None) -> str | None:
     except OSError:
         return None
     return hashlib.sha1(der).hexdigest().upper() if der else None
-
-
-def https_get(port: int, ca: Ca, host: str) -> tuple[int, str] | None:
-    """One HTTP/1.1 request over TLS with ``host`` as SNI and Host, verified by the CA."""
-    ctx = ssl.create_default_context(cafile=str(ca.cert))
-    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            tls.sendall(request)
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-    except OSError:
-        return None
-    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
-    status = head.split(" ", 2)
-    return (int(status[1]), body) if len(status) > 1 and status[1].isdigit() else None
 
 
 def test_https_with_sni_runtime_certificates_and_a_refused_file(
@@ -77,7 +57,7 @@ def test_https_with_sni_runtime_certificates_and_a_refused_file(
         b = lb.backend("b")
         lb.start()
         lb.put(WEB, "w1", b.port)
-        wait_for(lambda: https_get(https_port, ca, host) == (200, "b"), 15, 0.1, "https")
+        wait_for(lambda: https_get(https_port, host, ca.cert) == (200, "b"), 15, 0.1, "https")
         assert served(https_port, ca, host) == fingerprint(web_cert)
         assert served(https_port, ca, None) == fingerprint(cert)
         h2 = subprocess.run(
