@@ -393,6 +393,13 @@ def plan_lines(run: DryRun, settings: LbSettings) -> list[str]:
         lines += p.commands
     else:
         lines.append("Nothing to do: HAProxy runs what etcd says.")
+    shown = p.target if p.reload is None else p.interim_target or p.target
+    for name, backend in sorted(shown.backends.items()):
+        before = run.applied.backends.get(name)
+        if backend.proxy and (before is None or before.proxy != backend.proxy):
+            lines.append(f"# {name} takes the spare backend {backend.proxy} (no reload)")
+        elif backend.proxy:
+            lines.append(f"# {name} is served by the spare backend {backend.proxy}")
     draining = set(_draining(p.target)) if p.reload is None else set()
     running = [slot for slot in _draining(run.applied) if slot in draining]
     started = sorted(draining - set(running))

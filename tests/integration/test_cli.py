@@ -394,3 +394,27 @@ def test_status_frontends_shows_each_lbs_applied_revision_and_lag(
         finally:
             d.send(signal.SIGCONT)
         wait_for(lambda: row()["behind"] == 0, 15, 0.2, "lb1 caught up again")
+
+
+def test_plan_says_which_spare_a_new_environment_takes(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """A new environment while the lb is down: plan shows its servers set in a spare
+    backend and its Host added to the map, and names the spare; the restarted lb does it
+    with no reload."""
+    with lb_stack(servers, etcd, tmp_path) as lb:
+        b1 = lb.backend("b1")
+        lb.put(WEB, "w1", b1.port)
+        lb.start()
+        converged(lb)
+        reloads = lb.haproxy_reloads()
+        assert lb.lb is not None
+        lb.lb.stop(signal.SIGKILL)
+        lb.put(SIT, "s1", b1.port)
+        out = ok(lb.env, "plan").out.splitlines()
+        assert out[0] == "set server pool_http_0/s1 addr 127.0.0.2 port " + str(b1.port)
+        assert f"add map {lb.dir / 'hosts.map'} {host_of(SIT)} pool_http_0" in out
+        assert f"# {BE_SIT} takes the spare backend pool_http_0 (no reload)" in out
+        lb.start()
+        wait_for(lambda: lb.answers(host_of(SIT)) == {"b1"}, 15, 0.1, "sit served")
+        assert lb.haproxy_reloads() == reloads

@@ -408,3 +408,29 @@ def test_churn_under_keep_alive_load_loses_no_request(
                 c.join(30)
         assert counts["ok"] > 500
         assert counts["failed"] == 0, counts
+
+
+def test_a_problem_that_goes_and_comes_back_is_logged_again(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """A TCP port clash is logged when it appears, forgotten when it is resolved, and
+    logged again when it comes back (the old loop remembered it forever)."""
+    echo = EchoServer()
+    try:
+        with lb_stack(servers, etcd, tmp_path) as lb:
+            lb.start()
+            port = free_port()
+            lb.put(DB, "a", echo.port, type_="TCP", announce_port=port)
+            other = "/internal/app1/sit/db"
+
+            def clashes() -> int:
+                return (lb.lb.log() if lb.lb else "").count("port_clash /internal/app1/sit/db")
+
+            lb.put(other, "b", echo.port, type_="TCP", announce_port=port)
+            wait_for(lambda: clashes() == 1, 10, 0.1, "the clash logged")
+            lb.delete(other, "b")
+            wait_for(lambda: lb.metric("haroute_problems", kind="port_clash") == 0, 10, what="gone")
+            lb.put(other, "b", echo.port, type_="TCP", announce_port=port)
+            wait_for(lambda: clashes() == 2, 10, 0.1, "logged again")
+    finally:
+        echo.close()

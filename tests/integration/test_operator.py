@@ -245,3 +245,29 @@ def test_status_shows_an_instances_pin(servers: Stack, etcd: Etcd, tmp_path: Pat
         rows = {r["instance"]: r for r in json.loads(out)["servers"] if r["instance"]}
         assert rows["w2"]["pin"] == "drain (by ann: kernel update)"
         assert rows["w1"]["pin"] is None
+
+
+def test_https_redirect_sends_plain_http_to_https(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """HTTPS_REDIRECT: a plain HTTP request to the environment gets a 301 to https."""
+    import http.client
+
+    with lb_stack(servers, etcd, tmp_path, SPARE_BACKENDS="0") as lb:
+        b = lb.backend("b")
+        lb.start()
+        lb.put(WEB, "w1", b.port)
+        serves(lb, WEB, {"b"})
+        lb.session.put(f"/config{WEB}", json.dumps({"HTTPS_REDIRECT": True}))
+
+        def redirected() -> str | None:
+            conn = http.client.HTTPConnection("127.0.0.1", lb.http_port, timeout=5)
+            try:
+                conn.request("GET", "/x", headers={"Host": host_of(WEB)})
+                resp = conn.getresponse()
+                return resp.getheader("Location") if resp.status == 301 else None
+            finally:
+                conn.close()
+
+        location = wait_for(redirected, 10, 0.1, "a redirect")
+        assert location == f"https://{host_of(WEB)}/x"
