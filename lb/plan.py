@@ -558,7 +558,11 @@ def for_reload(
         # A pinned drain is rendered disabled (HAProxy's config has no drain): the new
         # worker starts it in maintenance and the next plan drains it again.
         kept = [
-            replace(s, dynamic=False, since=0.0, state="maint" if s.state == "drain" else s.state)
+            s
+            if s.state == "ready" and not s.dynamic and not s.since
+            else replace(
+                s, dynamic=False, since=0.0, state="maint" if s.state == "drain" else s.state
+            )
             for s in table
             if s.state == "ready" or (s.pinned and s.instance)
         ]
@@ -571,14 +575,17 @@ def for_reload(
         if backend.proxy and not kept:
             continue  # an environment that went while it was on a spare backend
         size = wanted_slots(len(kept), minimum)
-        slots[name] = tuple(kept) + tuple(Slot() for _ in range(size - len(kept)))
+        slots[name] = tuple(kept) + (_FREE,) * (size - len(kept))
         backends[name] = replace(backend, slots=size, proxy="")
     for n in range(spare):
         pool = pool_name(n)
         backends[pool] = Backend(pool, "pool", minimum)
-        slots[pool] = tuple(Slot() for _ in range(minimum))
+        slots[pool] = (_FREE,) * minimum
     hosts = {h: b.name for b in backends.values() if b.mode == "http" for h in b.hosts}
     return Applied(backends, slots, hosts, target.empty_since)
+
+
+_FREE = Slot()
 
 
 def _unplaced(table: tuple[Slot, ...], instances: tuple[Instance, ...]) -> int:

@@ -8,9 +8,10 @@ or ``#`` can never reach HAProxy through a rendering bug either.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 
@@ -65,24 +66,17 @@ def render_config(
 ) -> str:
     """The config text. ``tls``: render the HTTPS bind (only once the crt-list has a
     certificate: HAProxy 2.6 refuses an ssl bind with an empty one)."""
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # noqa: S701 - HAProxy config, not HTML; values are checked
-        keep_trailing_newline=True,
-    )
     http: list[dict[str, Any]] = []
     tcp: list[dict[str, Any]] = []
     for backend in sorted(target.backends.values(), key=lambda b: b.name):
         servers = [
-            {
-                "name": f"s{k + 1}",
-                "addr": check_safe(s.addr),
-                "port": int(s.port),
-                "disabled": s.state != "ready",
-                "weight": int(s.weight) if s.weight is not None else None,
-            }
+            _Server(
+                f"s{k + 1}",
+                check_safe(s.addr),
+                int(s.port),
+                s.state != "ready",
+                int(s.weight) if s.weight is not None else None,
+            )
             for k, s in enumerate(target.slots.get(backend.name, ()))
             if s.state != "gone"
         ]
@@ -93,7 +87,7 @@ def render_config(
             **_settings(backend.settings, http=backend.mode != "tcp"),
         }
         (tcp if backend.mode == "tcp" else http).append(entry)
-    return env.from_string(template).render(
+    return _compiled(template).render(
         lb_id=check_safe(ctx.lb_id),
         template=name,
         admin_socket=check_safe(ctx.admin_socket),
@@ -112,6 +106,31 @@ def render_config(
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled(template: str) -> jinja2.Template:
+    """The template compiled once per text (compiling it is ~10 ms at every reload)."""
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - HAProxy config, not HTML; values are checked
+        keep_trailing_newline=True,
+    )
+    return env.from_string(template)
+
+
+class _Server(NamedTuple):
+    """One server line's values (attributes: the template reads them 13,000 times at
+    1000 backends, and a dict lookup through Jinja costs twice as much)."""
+
+    name: str
+    addr: str
+    port: int
+    disabled: bool
+    weight: int | None
+
+
+@functools.lru_cache(maxsize=256)
 def _settings(settings: BackendSettings, *, http: bool) -> dict[str, Any]:
     """A backend's operator settings (SPEC §10) as the template's values; every one was
     validated when read (``discovery.opsconfig``) and is checked again here."""
