@@ -122,9 +122,11 @@ def probe_url(addr: Address, path: str) -> str:
 
 
 def ask(url: str, timeout: float) -> Verdict:
-    """One request: 200 passes; the body (or the error) says why."""
+    """One request, never through a proxy of the environment (``http_proxy``): 200
+    passes; the body (or the error) says why."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http only
+        with opener.open(url, timeout=timeout) as resp:
             return resp.status == 200, resp.read().decode(errors="replace").strip()
     except urllib.error.HTTPError as exc:
         return False, f"{exc.code}: {exc.read().decode(errors='replace').strip()}"

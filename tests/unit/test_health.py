@@ -402,3 +402,17 @@ def test_probe_waits_until_ready_within_its_deadline(served: tuple[int, Health, 
     ready_after = 0  # never
     assert main(["readyz", "--wait", "5"], env, sleep, clock) == 1
     assert sum(asked) == pytest.approx(5.0)
+
+
+def test_probe_never_goes_through_a_proxy_of_the_environment(
+    served: tuple[int, Health, Switch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An http_proxy in the container's or unit's environment does not take the probe
+    elsewhere: it asks the daemon itself."""
+    port, health, _ = served
+    health.heartbeat.beat()
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["healthz"], {"METRICS_ADDR": str(port)}) == 0
