@@ -71,7 +71,7 @@ ALERTS_WITH_DATA = {"HarouteInvalidRecords"}
 
 # Grafana's built-in variables, as a 1 s scrape interval would have them.
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "5s", "__range": "5m"}
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$([A-Za-z_]\w*)")  # not label_replace's $1
 METRIC = re.compile(r"\b(?:haroute|haproxy)_[a-z0-9_]+\b|\bup\b(?=\s*\{)")
 
 
