@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.25
 EXPIRY_MARGIN = 2.0
+BACKOFF_MAX = 5.0  # the loop's longest wait while etcd is unavailable
 
 
 class HeldElsewhere(Exception):
@@ -116,6 +117,14 @@ class Announcer:
         self.metrics.etcd_connected.set(1)
         return Turn(delay, self.lease.did)
 
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``: the record is written under a live lease (live as of the last
+        refresh: a refresh that fails fails the turn, which ``/readyz`` reports first)."""
+        lease = self.lease.lease_id
+        if lease is None or not self.lease.written:
+            return False, f"{self.key} is not written under a live lease yet"
+        return True, f"{self.key} is written under lease {lease:x}"
+
     def run(self) -> int:
         status = 0
         try:
@@ -124,7 +133,7 @@ class Announcer:
                 self.cycle,
                 stop=self.stop,
                 metrics=self.metrics,
-                backoff=Backoff(0.1, 5.0),
+                backoff=Backoff(0.1, BACKOFF_MAX),
                 on_etcd_error=lambda _: self.metrics.etcd_connected.set(0),
             )
         except Exit as exc:

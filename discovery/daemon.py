@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=CommonSettings)
 
 EXIT_BAD_SETTINGS = 2
+# The loop's longest back-off after failed cycles, unless its daemon gives its own.
+BACKOFF_MAX = 2.0
 
 
 class Stopper:
@@ -132,13 +134,15 @@ class Loop:
         self.stop = stop
         self.wake = wake
         self.metrics = metrics
-        self.backoff = backoff or Backoff(0.1, 2.0)
+        self.backoff = backoff or Backoff(0.1, BACKOFF_MAX)
         self.on_etcd_error = on_etcd_error
         self.clock = clock
         #: When the last cycle ended, error or not (``/healthz``: the loop turns).
         self.last_turn: float | None = None
         #: The last cycle's sentence.
         self.last_did = ""
+        #: Why the last cycle failed ("" when it succeeded; ``/readyz``).
+        self.last_error = ""
         if wake is not None:
             stop.link(wake)
 
@@ -156,13 +160,16 @@ class Loop:
                 self.metrics.etcd_errors.inc()
             if self.on_etcd_error is not None:
                 self.on_etcd_error(exc)
+            self.last_error = f"etcd unavailable ({exc})"
             delay = self.backoff.next()
-        except Exception:
+        except Exception as exc:
             log.exception("[%s] unexpected error, please report it as a bug", self.name)
             if self.metrics is not None:
                 self.metrics.loop_errors.inc()
+            self.last_error = f"unexpected error ({exc!r})"
             delay = self.backoff.next()
         else:
+            self.last_error = ""
             if self.backoff.failing:
                 log.info("[%s] working again", self.name)
             self.backoff.reset()
@@ -171,6 +178,8 @@ class Loop:
                 log.debug("[%s] %s", self.name, result.did)
             delay = max(0.0, result.wait)
         self.last_turn = self.clock()
+        if self.metrics is not None:
+            self.metrics.heartbeat.beat(self.last_error)
         return delay
 
     def run(self) -> None:

@@ -1095,6 +1095,26 @@ class Controller:
         if self.pool_since is not None and now - self.pool_since >= self.s.pool_refill_after:
             self.forced.add("pool_refill")
 
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz`` (SPEC §7): every mirror listed and watching, HAProxy running, and
+        converged: no reload due, for a change or a failed runtime command. Read from the
+        HTTP server's thread: it only reads."""
+        for mirror in self.mirrors:
+            if not mirror.synced:
+                return False, f"not synced: {mirror.prefix} is not listed yet"
+            if not mirror.connected:
+                return False, f"not connected to etcd: the watch of {mirror.prefix} is down"
+        if not self.haproxy.alive():
+            return False, "HAProxy is not running"
+        due = sorted(self.forced)
+        if self.diverged:
+            due.append("a runtime command failed")
+        if self.pending:
+            due.append(f"{len(self.pending)} backend(s) changed")
+        if due:
+            return False, f"not converged: a reload is due ({', '.join(due)})"
+        return True, "synced with etcd, HAProxy running and converged"
+
 
 def _subject(command: str) -> dict[str, str]:
     """The backend and server a runtime command is about, for structured logs."""

@@ -511,6 +511,22 @@ class Register:
 
     # --- run ----------------------------------------------------------------------------
 
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``: both mirrors listed and watching (connected to etcd and synced),
+        our predecessor's lease adopted or given up, and our keys written under a live
+        lease. Read from the HTTP server's thread."""
+        for mirror in (self.announces, self.frontends):
+            if not mirror.synced:
+                return False, f"not synced: {mirror.prefix} is not listed yet"
+            if not mirror.connected:
+                return False, f"not connected to etcd: the watch of {mirror.prefix} is down"
+        if not self.started:
+            return False, "watching our node's leases before adopting one"
+        lease, actual = self.lease.lease_id, self.actual
+        if lease is None or not self.lease.written or actual is None:
+            return False, "our keys are not written under a live lease yet"
+        return True, f"synced: {len(actual)} key(s) held under lease {lease:x}"
+
     def run(self) -> int:
         threads = [
             threading.Thread(

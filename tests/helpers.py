@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -106,3 +107,16 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         elif sample == name:
             return float(value)
     return 0.0
+
+
+def probe(port: int, path: str, host: str = "127.0.0.1", timeout: float = 5) -> tuple[int, str]:
+    """GET ``path`` of a daemon's METRICS_ADDR: the status and body (-1 and the error when
+    nothing answers)."""
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with urllib.request.urlopen(f"http://{netloc}{path}", timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return -1, str(exc)

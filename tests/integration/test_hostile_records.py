@@ -68,7 +68,11 @@ def hostile_entry(draw: st.DrawFn) -> tuple[str, bytes]:
     if kind == "field_text":
         record[draw(st.sampled_from(FIELDS))] = draw(hostile_text())
     elif kind == "field_type":
-        record[draw(st.sampled_from(FIELDS))] = draw(wrong_json)
+        field = draw(st.sampled_from(FIELDS))
+        wrong = draw(wrong_json)
+        if field == "HOST" and isinstance(wrong, str):
+            wrong = 80  # a string is HOST's type: "0x50" is another host's valid record
+        record[field] = wrong
     elif kind == "missing":
         del record[draw(st.sampled_from([f for f in FIELDS if f != "HOST"]))]
     elif kind == "key_part":

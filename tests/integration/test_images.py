@@ -19,6 +19,7 @@ this machine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -570,6 +571,13 @@ def test_images_run_the_stack(clean: Engine) -> None:
         raise AssertionError(f"no answer through the frontend; logs:\n{logs}") from None
     print(f"\nfirst answer through the frontend after {time.monotonic() - started:.1f} s: {body}")
 
+    # Their HEALTHCHECK (/healthz at the images' METRICS_ADDR) passes.
+    def healthy(container: str) -> bool:
+        return eng.inspect(container, "{{.State.Health.Status}}") == "healthy"
+
+    for name in ("frontend", "register"):
+        wait_for(functools.partial(healthy, name), 90, 1, f"{name} healthy")
+
     # The register wrote the address Docker published, under this host's name.
     records = eng.cli(
         "exec", "etcd", "etcdctl", "get", "--prefix", "--print-value-only", "/services"
@@ -754,8 +762,14 @@ def test_units_under_systemd(clean: Engine, tmp_path: Path) -> None:
         line = sh(f'python3 -c "{SHOW_PROC.format(socket_path)}"').splitlines()[1].split()
         return line[0], line[2]  # pid, reload count
 
-    # spawn mode
+    # spawn mode; `systemctl start` returns once the lb is ready (ExecStartPost, /readyz)
     sh("systemctl start haroute-lb")
+    wait_for(
+        lambda: "readyz: synced with etcd" in sh("journalctl -u haroute-lb -o cat"),
+        10,
+        0.2,
+        "ExecStartPost saying the lb is ready",
+    )
     wait_for(lambda: status(curl) == 0, 30, 0.2, "routing through the lb's HAProxy")
     assert sh("ps -o user= -C haproxy | sort -u") == "haroute"
     assert sh("stat -c '%U %a' /run/haroute-lb") == "haroute 700"
