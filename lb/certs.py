@@ -57,7 +57,7 @@ payload ("Transaction created for certificate <path>!"), ``commit ssl cert``
 ``set`` + ``commit``; changed names ``del ssl crt-list`` ("Entry '<path>' deleted in
 crtlist '<list>'!") then ``add``; a removed file ``del ssl crt-list`` then ``del ssl cert``
 ("Certificate '<path>' deleted!"). What cannot be done at runtime is a reload with reason
-``certificates_changed``: another default certificate (2.6 refuses to delete the default's
+``config_changed``: another default certificate (2.6 refuses to delete the default's
 line, "cannot be deleted, it is used as default certificate"), the default's names, the
 first certificate (a ``bind ... ssl`` with an empty crt-list does not start: "no SSL
 certificate specified") or the last one gone.
@@ -82,7 +82,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 #: The file that answers clients without SNI when it is valid.
 DEFAULT_NAME = "default.pem"
 #: Reload reason for a certificate change the runtime API cannot make.
-RELOAD_REASON = "certificates_changed"
+RELOAD_REASON = "config_changed"
 #: Files larger than this are not read (a chain with its key is a few kB).
 MAX_FILE = 256 * 1024
 #: The canonical PEM must fit a ``set ssl cert`` payload: HAProxy gathers command and

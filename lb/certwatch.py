@@ -105,7 +105,7 @@ class CertReport:
 
     #: One sentence for the log.
     sentence: str
-    #: A reload reason (``certificates_changed`` or ``runtime_failed``), or ``None``.
+    #: A reload reason (``config_changed`` or ``runtime_failed``), or ``None``.
     reload: str | None = None
     #: Every file not served as it is now (refused, or kept at its last good version).
     refused: tuple[Refused, ...] = ()

@@ -907,7 +907,7 @@ class Controller:
     def _check_certs(self, *, always: bool = False) -> None:
         """A certificate added, changed or removed in CERT_DIR (the watch woke us, or the
         periodic reconcile) is applied through the runtime API; what cannot be is staged
-        for a reload (reason certificates_changed)."""
+        for a reload (reason config_changed)."""
         if self.certs is None or self.certwatch is None:
             return
         if not self.certwatch.take() and not always:

@@ -37,7 +37,6 @@ REASON_ORDER = (
     "backend_removed",
     "runtime_failed",
     "template_changed",
-    "certificates_changed",
     "haproxy_restarted",
     "config_changed",
     "pool_refill",

@@ -298,7 +298,7 @@ def test_another_default_needs_a_reload_and_gets_it(env: Env) -> None:
     SNI gets a.pem."""
     (env.cert_dir / "default.pem").unlink()
     report = env.sync.sync(env.client)
-    assert report.reload == "certificates_changed"
+    assert report.reload == "config_changed"
     assert "default certificate is now a.pem" in report.sentence
     assert env.serves(None, "default")  # nothing applied before the reload
     env.reload()
@@ -332,4 +332,4 @@ def test_adopting_after_a_restart_of_the_lb_reports_staged_changes(env: Env) -> 
     assert again.prepare().reload is None
     env.write("b", "b.pem", "DNS:b.test")
     third = CertSync(env.sync.paths)
-    assert third.prepare().reload == "certificates_changed"
+    assert third.prepare().reload == "config_changed"

@@ -81,7 +81,7 @@ def sync(ca: Ca, tmp_path: Path) -> CertSync:
     (tmp_path / "in").mkdir()
     write(ca, tmp_path / "in", "default.pem", "DNS:default.test")
     s = CertSync(CertPaths.in_haproxy_dir(str(tmp_path / "in"), str(tmp_path / "hap")))
-    assert s.prepare().reload == "certificates_changed"  # nothing was staged before
+    assert s.prepare().reload == "config_changed"  # nothing was staged before
     return s
 
 
