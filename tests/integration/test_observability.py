@@ -65,6 +65,8 @@ ALERTS_EMPTY = {
     "HarouteEtcdDisconnected": ("timing", "etcd stays up; a broken watch would show"),
     "HarouteLeasesLost": ("timing", "leases are refreshed in time (TTL 3 s, every 1 s)"),
     "HarouteTargetDown": ("timing", "every target is up; a scrape over 1 s would show"),
+    "HarouteLbBehind": ("timing", "every change is applied within 5 minutes"),
+    "HarouteConfigOverBudget": ("asserted", "a few backends fit any fd limit"),
 }
 # The scenario writes a bad /announce value, so this one returns data and fires.
 ALERTS_WITH_DATA = {"HarouteInvalidRecords"}
