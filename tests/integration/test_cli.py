@@ -141,6 +141,7 @@ def test_status_lists_instances_slots_and_states(
                 "address": f"127.0.0.2:{echo.port}",
                 "admin": "ready",
                 "operational": "up",
+                "pin": None,
                 "note": None,
             }
             backends = {b["name"]: b for b in report["backends"]}
