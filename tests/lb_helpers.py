@@ -5,13 +5,16 @@ HAProxy an lb spawned stopped by pid."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import http.server
 import json
 import os
+import shlex
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from discovery.etcd import EtcdSession
+from lb.files import prepare_directory
 from lb.master import parse_show_proc
 from lb.metrics import REASONS
+from lb.spawn import SpawnedHAProxy
 from tests.helpers import metric_value, scrape, session
 from tests.servers import Daemon, Etcd, Stack, free_port, pid_gone, wait_for
 
@@ -315,6 +320,44 @@ def lb_stack(servers: Stack, etcd: Etcd, tmp: Path, **env: str) -> Iterator[LbSt
         yield s
     finally:
         s.close()
+
+
+@dataclasses.dataclass
+class ExternalHAProxy:
+    """HAProxy started by someone other than the lb (the test, as systemd would): the
+    settings an lb with HAPROXY_MANAGE=external needs, and the supervisor to restart it."""
+
+    supervisor: SpawnedHAProxy
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def external_haproxy(tmp: Path) -> Iterator[ExternalHAProxy]:
+    directory = tmp / "haproxy"
+    prepare_directory(directory)
+    admin = directory / "admin.sock"
+    (directory / "haproxy.cfg").write_text(
+        f"global\n    master-worker\n    stats socket {admin} mode 600 level admin\n"
+        "    maxconn 200\n"
+    )
+    supervisor = SpawnedHAProxy("haproxy", str(directory))
+    supervisor.start()
+    code = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        "s.sendall(b'reload\\n'); s.shutdown(socket.SHUT_WR); s.recv(100)"
+    )
+    reload_cmd = " ".join(
+        shlex.quote(a) for a in (sys.executable, "-c", code, str(directory / "master.sock"))
+    )
+    env = {
+        "HAPROXY_MANAGE": "external",
+        "HAPROXY_SOCKET": str(admin),
+        "HAPROXY_RELOAD_CMD": reload_cmd,
+    }
+    try:
+        yield ExternalHAProxy(supervisor, env)
+    finally:
+        supervisor.stop(soft=False)
 
 
 def request_loop(

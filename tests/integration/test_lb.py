@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 from tests.helpers import announce_env, register_env
-from tests.lb_helpers import EchoServer, LbStack, host_of, lb_stack, record, request_loop
+from tests.lb_helpers import (
+    EchoServer,
+    LbStack,
+    external_haproxy,
+    host_of,
+    lb_stack,
+    record,
+    request_loop,
+)
 from tests.servers import Etcd, Stack, free_port, wait_for
 
 WEB = "/internal/app1/dev/web/ghost.example"
@@ -454,50 +462,21 @@ def test_external_haproxy_is_driven_through_its_reload_command(
     """HAPROXY_MANAGE=external: HAProxy is started by someone else (here the test, as
     systemd would); the lb reloads it only through HAPROXY_RELOAD_CMD and changes servers
     through HAPROXY_SOCKET, and leaves it running when it exits."""
-    import shlex
-    import sys
-
-    from lb.files import prepare_directory
-    from lb.spawn import SpawnedHAProxy
-
-    directory = tmp_path / "haproxy"
-    prepare_directory(directory)
-    admin = directory / "admin.sock"
-    (directory / "haproxy.cfg").write_text(
-        f"global\n    master-worker\n    stats socket {admin} mode 600 level admin\n"
-        "    maxconn 200\n"
-    )
-    supervisor = SpawnedHAProxy("haproxy", str(directory))
-    supervisor.start()
-    code = (
-        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
-        "s.sendall(b'reload\\n'); s.shutdown(socket.SHUT_WR); s.recv(100)"
-    )
-    reload_cmd = " ".join(
-        shlex.quote(a) for a in (sys.executable, "-c", code, str(directory / "master.sock"))
-    )
-    try:
-        with lb_stack(
-            servers,
-            etcd,
-            tmp_path,
-            HAPROXY_MANAGE="external",
-            HAPROXY_SOCKET=str(admin),
-            HAPROXY_RELOAD_CMD=reload_cmd,
-        ) as lb:
-            b1, b2 = lb.backend("b1"), lb.backend("b2")
-            d = lb.start()
-            lb.put(WEB, "w1", b1.port)
-            serves(lb, WEB, {"b1"})
-            reloads = lb.haproxy_reloads()
-            lb.put(WEB, "w2", b2.port)
-            serves(lb, WEB, {"b1", "b2"})
-            assert lb.haproxy_reloads() == reloads
-            pid = lb.haproxy_pid()
-            assert d.stop() == 0
-            assert lb.haproxy_pid() == pid  # not ours to stop
-    finally:
-        supervisor.stop(soft=False)
+    with (
+        external_haproxy(tmp_path) as haproxy,
+        lb_stack(servers, etcd, tmp_path, **haproxy.env) as lb,
+    ):
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        d = lb.start()
+        lb.put(WEB, "w1", b1.port)
+        serves(lb, WEB, {"b1"})
+        reloads = lb.haproxy_reloads()
+        lb.put(WEB, "w2", b2.port)
+        serves(lb, WEB, {"b1", "b2"})
+        assert lb.haproxy_reloads() == reloads
+        pid = lb.haproxy_pid()
+        assert d.stop() == 0
+        assert lb.haproxy_pid() == pid  # not ours to stop
 
 
 def test_empty_backend_removed_after_gc_delay(servers: Stack, etcd: Etcd, tmp_path: Path) -> None:

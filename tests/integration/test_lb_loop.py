@@ -13,9 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from lb.files import prepare_directory
-from lb.spawn import SpawnedHAProxy
-from tests.lb_helpers import EchoServer, LbStack, WhoServer, host_of, lb_stack, record
+from tests.lb_helpers import (
+    EchoServer,
+    LbStack,
+    WhoServer,
+    external_haproxy,
+    host_of,
+    lb_stack,
+    record,
+)
 from tests.servers import Etcd, Stack, free_port, pid_gone, wait_for
 
 WEB = "/internal/app1/dev/web/ghost.example"
@@ -74,47 +80,21 @@ def test_external_supervisor_restart_is_noticed_and_the_state_applied_again(
     """HAPROXY_MANAGE=external: the supervisor restarts HAProxy from the files on disk,
     which lack the runtime changes since the last reload; the lb notices (a new process)
     and applies its state again: the removed instance is out, the live one in."""
-    import shlex
-    import sys
-
-    directory = tmp_path / "haproxy"
-    prepare_directory(directory)
-    admin = directory / "admin.sock"
-    (directory / "haproxy.cfg").write_text(
-        f"global\n    master-worker\n    stats socket {admin} mode 600 level admin\n"
-        "    maxconn 200\n"
-    )
-    supervisor = SpawnedHAProxy("haproxy", str(directory))
-    supervisor.start()
-    code = (
-        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
-        "s.sendall(b'reload\\n'); s.shutdown(socket.SHUT_WR); s.recv(100)"
-    )
-    reload_cmd = " ".join(
-        shlex.quote(a) for a in (sys.executable, "-c", code, str(directory / "master.sock"))
-    )
-    try:
-        with lb_stack(
-            servers,
-            etcd,
-            tmp_path,
-            HAPROXY_MANAGE="external",
-            HAPROXY_SOCKET=str(admin),
-            HAPROXY_RELOAD_CMD=reload_cmd,
-        ) as lb:
-            b1, b2 = lb.backend("b1"), lb.backend("b2")
-            lb.start()
-            lb.put(WEB, "w1", b1.port)
-            serves(lb, WEB, {"b1"})  # a reload: w1 is in the files
-            lb.put(WEB, "w2", b2.port)
-            lb.delete(WEB, "w1")
-            serves(lb, WEB, {"b2"})  # runtime only: the files still say w1
-            supervisor.stop(soft=False)
-            supervisor.start()  # what systemd's Restart= does
-            serves(lb, WEB, {"b2"}, timeout=15)
-            assert lb.lb is not None and "HAProxy was restarted" in lb.lb.log()
-    finally:
-        supervisor.stop(soft=False)
+    with (
+        external_haproxy(tmp_path) as haproxy,
+        lb_stack(servers, etcd, tmp_path, **haproxy.env) as lb,
+    ):
+        b1, b2 = lb.backend("b1"), lb.backend("b2")
+        lb.start()
+        lb.put(WEB, "w1", b1.port)
+        serves(lb, WEB, {"b1"})  # a reload: w1 is in the files
+        lb.put(WEB, "w2", b2.port)
+        lb.delete(WEB, "w1")
+        serves(lb, WEB, {"b2"})  # runtime only: the files still say w1
+        haproxy.supervisor.stop(soft=False)
+        haproxy.supervisor.start()  # what systemd's Restart= does
+        serves(lb, WEB, {"b2"}, timeout=15)
+        assert lb.lb is not None and "HAProxy was restarted" in lb.lb.log()
 
 
 def test_start_with_etcd_down_serves_the_last_config(
