@@ -96,26 +96,7 @@ def _sign(directory: Path, name: str, subject: str, extensions: str) -> None:
 def make_pki(directory: Path, *, client_cn: str = "haroute-test-client") -> Pki:
     """Generate a CA, a server certificate (SAN IP:127.0.0.1, DNS:localhost) and a client
     certificate (CN ``client_cn``) into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _openssl(
-        "req",
-        "-x509",
-        *KEY_ARGS,
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-sha256",
-        "-subj",
-        "/CN=haroute-test-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=directory,
-    )
+    make_ca(directory)
     # etcd also dials itself (its gRPC gateway) with the server certificate, so the
     # server certificate is valid for client authentication as well.
     _sign(
