@@ -351,6 +351,33 @@ class EtcdSession:
 
         return self._call(run)
 
+    def put_if_mod(self, key: str, value: str | bytes, *, expect_mod: int) -> bool:
+        """Put ``key`` only if its mod revision is still ``expect_mod`` (0: it does not
+        exist): a read-modify-write that never overwrites a change made in between."""
+
+        def run(client: Any) -> bool:
+            ok, _ = client.transaction(
+                compare=[etcd_txn.Mod(_encode(key)) == expect_mod],
+                success=[etcd_txn.Put(_encode(key), value)],
+                failure=[],
+            )
+            return bool(ok)
+
+        return self._call(run)
+
+    def delete_if_mod(self, key: str, *, expect_mod: int) -> bool:
+        """Delete ``key`` only if its mod revision is still ``expect_mod``."""
+
+        def run(client: Any) -> bool:
+            ok, _ = client.transaction(
+                compare=[etcd_txn.Mod(_encode(key)) == expect_mod],
+                success=[etcd_txn.Delete(_encode(key))],
+                failure=[],
+            )
+            return bool(ok)
+
+        return self._call(run)
+
     def delete_if_lease(self, key: str, *, expect_lease: int) -> bool:
         """Delete ``key`` only if it is held by ``expect_lease``."""
 

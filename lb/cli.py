@@ -981,6 +981,16 @@ def _endpoints(settings: CommonSettings) -> str:
     return ",".join(_endpoint(e) for e in settings.etcd_endpoints)
 
 
+UPDATE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an edit writes: ``value``, or ``None`` to delete the key."""
+
+    value: str | None
+
+
 class _Etcd:
     """One session for one command: a failed read means nothing was written; a failed
     write may or may not have been applied (etcd may have committed it)."""
@@ -1001,19 +1011,39 @@ class _Etcd:
         except EtcdUnavailable as exc:
             raise Failure(f"nothing written: etcd at {_endpoints(self.settings)}: {exc}") from exc
 
-    def put(self, key: str, value: str) -> None:
+    def update(self, key: str, edit: Callable[[KV | None], Change | None]) -> bool:
+        """Read ``key``, ``edit`` what is there and write the change only if nobody changed
+        the key in between (compared on its mod revision); if somebody did, read it again
+        and edit that, at most :data:`UPDATE_ATTEMPTS` times. Two operators editing one
+        key at once never lose each other's fields. ``False``: the edit wrote nothing."""
+        for _ in range(UPDATE_ATTEMPTS):
+            kv = self.get(key)
+            change = edit(kv)
+            if change is None:
+                return False
+            if self._swap(key, kv.mod_revision if kv is not None else 0, change.value):
+                return True
+            _note(f"{key} changed while it was edited: reading it again")
+        raise Failure(
+            f"nothing written: {key} changed {UPDATE_ATTEMPTS} times while it was edited; try again"
+        )
+
+    def _swap(self, key: str, expect_mod: int, value: str | None) -> bool:
+        if value is None:
+            done = self._write(key, lambda: self.session.delete_if_mod(key, expect_mod=expect_mod))
+            if done:
+                print(f"delete {key}")
+            return done
         if len(value.encode()) > MAX_VALUE_BYTES:  # the lb would reject it whole
             raise Failure(f"nothing written: {key} would be over {MAX_VALUE_BYTES} bytes")
-        self._write(key, lambda: self.session.put(key, value))
-        print(f"put {key} {value}")
+        done = self._write(key, lambda: self.session.put_if_mod(key, value, expect_mod=expect_mod))
+        if done:
+            print(f"put {key} {value}")
+        return done
 
-    def delete(self, key: str) -> None:
-        self._write(key, lambda: self.session.delete(key))
-        print(f"delete {key}")
-
-    def _write(self, key: str, call: Callable[[], None]) -> None:
+    def _write(self, key: str, call: Callable[[], bool]) -> bool:
         try:
-            call()
+            return call()
         except EtcdUnavailable as exc:
             raise Failure(
                 f"writing {key} failed, it may or may not have been applied: "
@@ -1091,15 +1121,19 @@ def cmd_pin(settings: CommonSettings, args: argparse.Namespace) -> int:
     by = _text(by, "BY", MAX_BY, source)
     layout = settings.layout
     key = layout.maintenance_key(path, instance_id)
-    with _Etcd(settings) as etcd:
-        old = _stored_pin(etcd.get(key), key)
+
+    def edit(kv: KV | None) -> Change:
+        old = _stored_pin(kv, key)
         pin = Maintenance(
             state=state if state is not None else old.state if old else None,
             weight=weight if weight is not None else old.weight if old else None,
             reason=reason,
             by=by,
         )
-        etcd.put(key, pin.to_json())
+        return Change(pin.to_json())
+
+    with _Etcd(settings) as etcd:
+        etcd.update(key, edit)
         _note_instance(etcd, layout.service_key(path, instance_id))
     return 0
 
@@ -1132,11 +1166,15 @@ def cmd_unpin(settings: CommonSettings, args: argparse.Namespace) -> int:
     """Delete the pin: the lb manages the instance again."""
     path = _service_path(args.path)
     key = settings.layout.maintenance_key(path, _instance_id(args.id))
-    with _Etcd(settings) as etcd:
-        if etcd.get(key) is None:
+
+    def edit(kv: KV | None) -> Change | None:
+        if kv is None:
             _note(f"{key} does not exist: nothing to delete")
-            return 0
-        etcd.delete(key)
+            return None
+        return Change(None)
+
+    with _Etcd(settings) as etcd:
+        etcd.update(key, edit)
     return 0
 
 
@@ -1204,22 +1242,24 @@ def cmd_config(settings: CommonSettings, args: argparse.Namespace) -> int:
     if not (sets or unsets):
         return _show_config(settings, path)
     key = settings.layout.config_key(path)
-    with _Etcd(settings) as etcd:
-        kv = etcd.get(key)
+    written: list[dict[str, Any]] = []
+
+    def edit(kv: KV | None) -> Change | None:
         old = _stored_config(kv, key)
         new = _edited(old, sets, unsets)
         if new == old and kv is not None:
             _note(f"{key} unchanged: nothing written")
-            return 0
-        if new:
-            etcd.put(key, json.dumps(new, separators=(",", ":")))
-        elif kv is not None:
-            etcd.delete(key)
-        else:
+            return None
+        if not new and kv is None:
             _note(f"{key} does not exist: nothing to delete")
-            return 0
-        for rejection in parse_config_object(new).rejected:
-            _note(f"{key} keeps a field the lb ignores: {rejection.detail}")
+            return None
+        written[:] = [new]
+        return Change(json.dumps(new, separators=(",", ":")) if new else None)
+
+    with _Etcd(settings) as etcd:
+        if etcd.update(key, edit):
+            for rejection in parse_config_object(written[0]).rejected:
+                _note(f"{key} keeps a field the lb ignores: {rejection.detail}")
     return 0
 
 

@@ -335,3 +335,117 @@ def test_etcd_unreachable_exits_1_with_one_line() -> None:
         assert len(lines) == 1
         assert lines[0].startswith(f"haroute: nothing written: etcd at {endpoint}: ")
         assert ran.seconds < 10
+
+
+# --- two operators at once: a read-modify-write never loses the other's change ----------
+
+
+def in_process(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
+    """Run the CLI in this process (to interleave another writer) with only ``env``."""
+    for name in list(os.environ):
+        if name.startswith(("ETCD", "ANNOUNCE", "HAROUTE", "SUDO_USER", "USER", "LOGNAME")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def another_writer_between_read_and_write(
+    monkeypatch: pytest.MonkeyPatch, key: str, write: Any, times: int = 1
+) -> list[int]:
+    """After each of the CLI's first ``times`` reads of ``key``, ``write()`` changes it (as
+    a second operator's command would, on the real etcd); the mod revisions read."""
+    real_get = EtcdSession.get
+    reads: list[int] = []
+
+    def get(self: EtcdSession, name: str) -> Any:
+        kv = real_get(self, name)
+        if name == key:
+            reads.append(kv.mod_revision if kv is not None else 0)
+            if len(reads) <= times:
+                write()
+        return kv
+
+    monkeypatch.setattr(EtcdSession, "get", get)
+    return reads
+
+
+def test_config_edit_keeps_a_field_written_meanwhile(
+    etcd: Etcd, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Another operator sets MAXCONN between this command's read and its write: the put
+    is refused by its compare, the key read again, and both fields are kept."""
+    from lb.cli import main
+
+    s = session(etcd)
+    key = f"/config{WEB}"
+    s.put(key, json.dumps({"BALANCE": "leastconn"}))
+    meanwhile = {"BALANCE": "leastconn", "MAXCONN": 50}
+    reads = another_writer_between_read_and_write(
+        monkeypatch, key, lambda: s.put(key, json.dumps(meanwhile))
+    )
+    in_process(monkeypatch, env)
+    assert main(["config", WEB, "--set", "TIMEOUT_SERVER=30"]) == 0
+    expected = {"BALANCE": "leastconn", "MAXCONN": 50, "TIMEOUT_SERVER": 30}
+    assert values(s) == {key: expected}
+    out, err = capsys.readouterr()
+    assert out == f"put {key} {json.dumps(expected, separators=(',', ':'))}\n"
+    assert f"{key} changed while it was edited: reading it again" in err
+    assert len(reads) == 2 and reads[0] < reads[1]
+    s.close()
+
+
+def test_pin_edit_keeps_a_weight_written_meanwhile(
+    etcd: Etcd, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`haroute drain` while another operator sets a canary weight: the pin ends with both
+    (and an unpin deletes only the pin it read)."""
+    from lb.cli import main
+
+    s = session(etcd)
+    meanwhile = {"WEIGHT": 10, "BY": "bob"}
+    another_writer_between_read_and_write(
+        monkeypatch, PIN, lambda: s.put(PIN, json.dumps(meanwhile))
+    )
+    in_process(monkeypatch, env)
+    assert main(["drain", GHOST, "w1"]) == 0
+    assert values(s, "/maintenance/") == {PIN: {"STATE": "drain", "WEIGHT": 10, "BY": "alice"}}
+    capsys.readouterr()
+
+    # unpin reads the pin, another operator changes it meanwhile: the delete is refused,
+    # the pin read again (with its new value) and then deleted, and said so.
+    monkeypatch.undo()
+    another_writer_between_read_and_write(
+        monkeypatch, PIN, lambda: s.put(PIN, json.dumps({"STATE": "maint", "BY": "bob"}))
+    )
+    in_process(monkeypatch, env)
+    assert main(["unpin", GHOST, "w1"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"delete {PIN}\n"
+    assert "changed while it was edited" in err
+    assert values(s, "/maintenance/") == {}
+    s.close()
+
+
+def test_an_edit_that_keeps_losing_the_race_writes_nothing(
+    etcd: Etcd, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A key changed after every read: the command gives up after five reads, exits 1 with
+    one line, and the other writer's value stands."""
+    from lb.cli import main
+
+    s = session(etcd)
+    key = f"/config{WEB}"
+    counter = iter(range(1, 100))
+    reads = another_writer_between_read_and_write(
+        monkeypatch, key, lambda: s.put(key, json.dumps({"MAXCONN": next(counter)})), times=99
+    )
+    in_process(monkeypatch, env)
+    with pytest.raises(SystemExit) as exited:
+        main(["config", WEB, "--set", "BALANCE=source"])
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"haroute: nothing written: {key} changed 5 times while it was edited" in err
+    assert len(reads) == 5
+    assert values(s) == {key: {"MAXCONN": 5}}
+    s.close()
