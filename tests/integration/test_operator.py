@@ -4,10 +4,12 @@ and instance pins in /maintenance (drain, weight), kept through reloads and rest
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,84 @@ def test_a_drain_pin_holds_through_reloads_and_restarts_and_weights_split(
         lb.session.delete(pin)
         lb.session.delete(f"/maintenance{WEB}/w1")
         serves(lb, WEB, {"b1", "b2"})
+
+
+class Held:
+    """An HTTP server answering its name; a request for /held waits for :meth:`release`."""
+
+    def __init__(self, name: str) -> None:
+        body = name.encode()
+        self.released = threading.Event()
+        self.arrived = threading.Event()
+        held = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path == "/held":
+                    held.arrived.set()
+                    held.released.wait(30)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = QuietServer(("127.0.0.2", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_drain_pin_lets_an_established_request_finish(
+    servers: Stack, etcd: Etcd, tmp_path: Path
+) -> None:
+    """A request in flight on an instance when it is pinned to drain finishes with its
+    answer, held well past DRAIN_TIMEOUT (1 s here: a pinned drain is never cut to maint),
+    while every new request goes to the other instance."""
+    held = Held("w2")
+    try:
+        with lb_stack(servers, etcd, tmp_path, SPARE_BACKENDS="0") as lb:
+            b1 = lb.backend("b1")
+            lb.start()
+            lb.put(WEB, "w2", held.port)
+            serves(lb, WEB, {"w2"})
+            answer: list[tuple[int, str]] = []
+
+            def in_flight() -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", lb.http_port, timeout=30)
+                try:
+                    conn.request("GET", "/held", headers={"Host": host_of(WEB)})
+                    resp = conn.getresponse()
+                    answer.append((resp.status, resp.read().decode()))
+                finally:
+                    conn.close()
+
+            client = threading.Thread(target=in_flight, daemon=True)
+            client.start()
+            assert held.arrived.wait(10), "the request never reached w2"
+            lb.put(WEB, "w1", b1.port)
+            pin = f"/maintenance{WEB}/w2"
+            lb.session.put(pin, json.dumps({"STATE": "drain", "BY": "pytest"}))
+            serves(lb, WEB, {"b1"})
+            time.sleep(3)  # past DRAIN_TIMEOUT (1 s) and a few lb cycles
+            assert lb.answers(host_of(WEB)) == {"b1"}
+            assert answer == []  # still in flight
+            held.release()
+            client.join(10)
+            assert answer == [(200, "w2")]
+    finally:
+        held.close()
 
 
 def test_hostile_operator_values_never_reach_haproxy(
