@@ -21,6 +21,7 @@ from discovery.keys import Layout
 from discovery.kv import KV
 from discovery.records import (
     MAX_VALUE_BYTES,
+    NAME_RE,
     AnnounceRecord,
     FrontendRecord,
     InvalidRecord,
@@ -32,6 +33,10 @@ from discovery.records import (
     parse_frontend,
     parse_service,
 )
+from lb.desired import desired_state, parse_records
+from lb.plan import Applied, Timers, for_reload, plan
+from lb.render import render_map
+from lb.runtime import check_command
 from register.transform import (
     DnsConfig,
     Placement,
@@ -516,3 +521,28 @@ def test_register_output_is_safe(case: dict[str, Any]) -> None:
     # Keys that differ only in case name one instance (paths are lower-cased on read).
     instances = {layout.service_key(a.path, a.id) for a in announces.values()}
     assert {k for k in out if k.startswith(f"{layout.services}/")} == instances
+
+
+@settings(PROPERTY, max_examples=150)
+@given(st.lists(announce_cases(service=True), min_size=1, max_size=6))
+def test_only_dns_names_reach_the_host_map(cases: list[tuple[str, bytes]]) -> None:
+    """Whatever /services holds, the lb's Host map (rendered, and the runtime ``add map``
+    commands that bind spare backends) holds only DNS names built from validated labels,
+    and every runtime command it plans is a single safe command (issue: the spare pool)."""
+    kvs = [KV(key, value, n, n, 0) for n, (key, value) in enumerate(cases, 1)]
+    records, _ = parse_records(kvs, LAYOUT, ("/services",))
+    event(f"accepted records: {len(records)}")
+    desired = desired_state(records, domain="skydns.local", http=True, tcp=True)
+    timers = Timers(4, 0.0, 300.0, spare_backends=2)
+    running = for_reload(Applied(), timers.initial_slots, spare=timers.spare_backends)
+    planned = plan(desired, running, now=1.0, timers=timers, map_path="/run/lb/hosts.map")
+    hosts = set(planned.target.hosts) | set(planned.interim_target.hosts)
+    for command in (*planned.commands, *planned.interim):
+        check_command(command)
+        words = command.split()
+        if words[1:2] == ["map"]:
+            hosts.add(words[3])
+    event(f"runtime commands on spare backends: {sum('pool_http_' in c for c in planned.commands)}")
+    for host in hosts:
+        assert NAME_RE.fullmatch(host) and len(host) <= 253, host
+    assert render_map(planned.target).count("\n") == len(planned.target.hosts)
