@@ -17,7 +17,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,18 @@ class QuietServer(http.server.ThreadingHTTPServer):
         pass  # HAProxy's TCP health checks connect and reset: not an error here
 
 
-def name_handler(name: str) -> type[http.server.BaseHTTPRequestHandler]:
-    """A request handler that answers every GET with ``name``."""
+def name_handler(
+    name: str, status: Callable[[str], int] | None = None
+) -> type[http.server.BaseHTTPRequestHandler]:
+    """A request handler that answers every GET with ``name``; ``status``, called with
+    the request's path, gives the status (200 without it) and may hold the answer."""
     body = name.encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            self.send_response(200)
+            self.send_response(200 if status is None else status(self.path))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

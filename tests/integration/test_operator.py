@@ -11,9 +11,8 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from tests.lb_helpers import LbStack, QuietServer, host_of, lb_stack
+from tests.lb_helpers import LbStack, QuietServer, host_of, lb_stack, name_handler
 from tests.servers import Etcd, Stack, wait_for
 
 WEB = "/internal/app1/dev/web/ghost.example"
@@ -26,23 +25,9 @@ class Sick:
     ``health`` (500: sick)."""
 
     def __init__(self, name: str, health: int) -> None:
-        body = name.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                status = health if self.path == "/healthz" else 200
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        handler = name_handler(name, lambda path: health if path == "/healthz" else 200)
         self.name = name
-        self.server = QuietServer(("127.0.0.2", 0), Handler)
+        self.server = QuietServer(("127.0.0.2", 0), handler)
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -148,29 +133,17 @@ class Held:
     """An HTTP server answering its name; a request for /held waits for :meth:`release`."""
 
     def __init__(self, name: str) -> None:
-        body = name.encode()
         self.released = threading.Event()
         self.arrived = threading.Event()
-        held = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                if self.path == "/held":
-                    held.arrived.set()
-                    held.released.wait(30)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = QuietServer(("127.0.0.2", 0), Handler)
+        self.server = QuietServer(("127.0.0.2", 0), name_handler(name, self._status))
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _status(self, path: str) -> int:
+        if path == "/held":
+            self.arrived.set()
+            self.released.wait(30)
+        return 200
 
     def release(self) -> None:
         self.released.set()
