@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -42,6 +44,10 @@ T = TypeVar("T")
 
 RPC_TIMEOUT = 3.0
 ENDPOINT_RETRY = 1.0
+#: A replaying watch (:meth:`EtcdSession.last_change`) is taken as caught up once no event
+#: came for REPLAY_QUIET after at least REPLAY_MIN (etcd syncs such a watch every 100 ms).
+REPLAY_MIN = 0.25
+REPLAY_QUIET = 0.15
 # gRPC keepalive: ping every 5 s (etcd's default minimum), give up 2 s later (SPEC §8).
 GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 5000),
@@ -318,6 +324,68 @@ class EtcdSession:
             )
             latest = int(resp.kvs[0].mod_revision) if resp.kvs else 0
             return latest, int(resp.header.revision)
+
+        return self._call(run)
+
+    def last_change(self, prefix: str) -> tuple[int, int]:
+        """The revision of the last put *or delete* under ``prefix`` (0: none), and the
+        store revision. A delete leaves no key to read, so the revisions after the latest
+        mod revision are replayed by a watch. etcd 3.4 sends such a replay from its
+        watch sync, every 100 ms, and answers a progress request at once whether the
+        watch has caught up or not (measured), so the replay is taken as complete once no
+        event came for :data:`REPLAY_QUIET` after at least :data:`REPLAY_MIN`. When that
+        history is compacted, or etcd does not answer, what the keys say."""
+        latest, revision = self.latest_change(prefix)
+        if latest >= revision:
+            return latest, revision
+        key = _encode(prefix)
+
+        def run(client: Any) -> tuple[int, int]:
+            done = threading.Event()
+            create = etcdrpc.WatchRequest(
+                create_request=etcdrpc.WatchCreateRequest(
+                    key=key, range_end=etcd_utils.prefix_range_end(key), start_revision=latest + 1
+                )
+            )
+
+            def requests() -> Any:
+                yield create
+                done.wait()  # a half-close would end the watch before its replay
+
+            stub = etcdrpc.WatchStub(client.channel)
+            call = stub.Watch(requests(), metadata=client.metadata, timeout=self.timeout)
+            answers: queue.Queue[Any] = queue.Queue()
+
+            def read() -> None:
+                try:
+                    for resp in call:
+                        answers.put(resp)
+                except grpc.RpcError as exc:
+                    answers.put(exc)
+                answers.put(None)
+
+            threading.Thread(target=read, name="etcd-replay", daemon=True).start()
+            last = latest
+            started = quiet_since = time.monotonic()
+            try:
+                while True:
+                    now = time.monotonic()
+                    if now - started >= REPLAY_MIN and now - quiet_since >= REPLAY_QUIET:
+                        return last, revision
+                    try:
+                        resp = answers.get(timeout=0.01)
+                    except queue.Empty:
+                        continue
+                    if resp is None or isinstance(resp, grpc.RpcError):
+                        return last, revision
+                    if resp.compact_revision or resp.canceled:
+                        return latest, revision
+                    if resp.events:
+                        last = max(last, *(int(ev.kv.mod_revision) for ev in resp.events))
+                        quiet_since = time.monotonic()
+            finally:
+                done.set()
+                call.cancel()
 
         return self._call(run)
 

@@ -752,7 +752,7 @@ def frontends_report(settings: LbSettings) -> dict[str, Any]:
     """Every lb that announces itself in ``/frontends``, with the revision its HAProxy has
     applied (``REVISION``, SPEC §7) and how many revisions it is behind the latest change
     under its ``LISTEN_PATH`` (a stale lb shows here as soon as anything it covers is
-    put). Read from etcd only: it works from any host."""
+    put or deleted). Read from etcd only: it works from any host."""
     session = EtcdSession.from_settings(settings)
     rows: list[dict[str, Any]] = []
     try:
@@ -765,7 +765,7 @@ def frontends_report(settings: LbSettings) -> dict[str, Any]:
                 continue
             latest = max(
                 (
-                    session.latest_change(settings.layout.listen_key(p).rstrip("/") + "/")[0]
+                    session.last_change(settings.layout.listen_key(p).rstrip("/") + "/")[0]
                     for p in record.listen_path
                 ),
                 default=0,

@@ -371,7 +371,8 @@ def test_status_frontends_shows_each_lbs_applied_revision_and_lag(
 ) -> None:
     """Every lb writes the etcd revision its HAProxy acknowledged into /frontends/<LB_ID>
     (REVISION); `status --frontends` lists it with 0 behind, and an lb that stopped
-    applying (frozen) shows behind once something it covers changes."""
+    applying (frozen) shows behind once something it covers changes: a put, and a delete
+    (which leaves no key whose revision could show it)."""
     with lb_stack(servers, etcd, tmp_path, ADVERTISE_IP="127.0.0.1") as lb:
         b1, b2 = lb.backend("b1"), lb.backend("b2")
         d = lb.start()
@@ -395,6 +396,16 @@ def test_status_frontends_shows_each_lbs_applied_revision_and_lag(
         finally:
             d.send(signal.SIGCONT)
         wait_for(lambda: row()["behind"] == 0, 15, 0.2, "lb1 caught up again")
+        d.send(signal.SIGSTOP)
+        try:
+            lb.delete(WEB, "w2")
+            deleted = lb.session.get_prefix("/")[1]  # the store revision: the delete's
+            wait_for(lambda: (row()["behind"] or 0) > 0, 10, 0.2, "behind a delete")
+            assert row()["latest_change"] >= deleted
+        finally:
+            d.send(signal.SIGCONT)
+        wait_for(lambda: row()["behind"] == 0, 15, 0.2, "lb1 caught up after the delete")
+        assert row()["revision"] >= deleted
 
 
 def test_plan_says_which_spare_a_new_environment_takes(
