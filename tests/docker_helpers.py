@@ -269,6 +269,41 @@ def kill_owned(owned: dict[int, int]) -> None:
         )
 
 
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below ``root``."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == str(root) or point.startswith(f"{root}/"):
+            points.append(point)
+    return points
+
+
+def leftovers() -> str | None:
+    """What an earlier run, killed before its cleanup, left on this host, or None: a
+    directory of ours still mounted whose dockerd is gone, or a ``docker0`` bridge while no
+    dockerd runs at all. Saved as the host's own state they would be kept, and a container
+    of this run could get the address of a dead one whose netns still holds it (its
+    published port then resets every connection)."""
+    running = [_cmdline(pid) for pid in _pids()]
+    found = [
+        f"{root} ({len(mounts)} mounts; its dockerd is gone)"
+        for root in sorted(Path("/tmp").glob("haroute-docker-*"))
+        if (mounts := mounts_under(root)) and not any(str(root) in line for line in running)
+    ]
+    dockerd_runs = any(Path(line.split(" ", 1)[0]).name == "dockerd" for line in running)
+    if Path("/sys/class/net/docker0").exists() and not dockerd_runs:
+        found.append("a docker0 bridge (and likely DOCKER iptables chains) with no dockerd")
+    if not found:
+        return None
+    return (
+        "an earlier run was killed before its cleanup and left: "
+        + "; ".join(found)
+        + ". Remove them (umount -R and rm -r the directory, ip link del docker0, the "
+        "DOCKER* iptables chains and docker0 rules) or reboot, then run again."
+    )
+
+
 # --- the engine -----------------------------------------------------------------------
 
 
@@ -439,12 +474,7 @@ class Dockerd:
         return problems
 
     def _mounts(self) -> list[str]:
-        points = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point == str(self.root) or point.startswith(f"{self.root}/"):
-                points.append(point)
-        return points
+        return mounts_under(self.root)
 
     def _unmount(self) -> None:
         for point in sorted(self._mounts(), key=len, reverse=True):

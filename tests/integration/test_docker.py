@@ -29,6 +29,7 @@ from tests.docker_helpers import (
     Dockerd,
     DockerdFailed,
     HostState,
+    leftovers,
     missing_prerequisite,
 )
 from tests.helpers import SHORT_TTL, DeleteRecorder, EventRecorder, keys, register_env, session
@@ -59,6 +60,9 @@ def dockerd() -> Iterator[Dockerd]:
     problem = missing_prerequisite()
     if problem is not None:
         _unavailable(problem)
+    stale = leftovers()
+    if stale is not None:
+        pytest.fail(stale, pytrace=False)
     state = HostState.save()
     engine = Dockerd()
     try:
