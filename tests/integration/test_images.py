@@ -40,7 +40,14 @@ from announce.settings import AnnounceSettings
 from discovery.settings import CommonSettings, load
 from lb.settings import LbSettings
 from register.settings import RegisterSettings
-from tests.docker_helpers import DOCKER, Dockerd, DockerdFailed, HostState, missing_prerequisite
+from tests.docker_helpers import (
+    DOCKER,
+    Dockerd,
+    DockerdFailed,
+    HostState,
+    leftovers,
+    missing_prerequisite,
+)
 from tests.servers import ROOT, wait_for
 
 DEPLOY = ROOT / "deploy"
@@ -62,6 +69,7 @@ BASE_IMAGE_VARS = {
     "APP_STOPWAITSECS",
     "SIDECAR_ETCD_USERNAME",
     "SIDECAR_ETCD_PASSWORD",
+    "SIDECAR_METRICS_ADDR",
     "HAROUTE_EXIT_ON_FATAL",
 }
 EXAMPLE_VARS = {"DB_ADDR"}
@@ -443,6 +451,9 @@ def engine() -> Iterator[Engine]:
             problem = "debootstrap not found (apt-get install debootstrap)"
     if problem is not None:
         _unavailable(problem)
+    stale = leftovers()
+    if stale is not None:
+        pytest.fail(stale, pytrace=False)
     links_before = set(os.listdir("/sys/class/net"))
     state = HostState.save()
     dockerd = Dockerd()
@@ -551,6 +562,9 @@ def test_images_run_the_stack(clean: Engine) -> None:
             "LISTEN_PATH": "/services/internal/app1/dev/db/ghost.example",
             "HTTP_BIND": "",
             "DB_ADDR": "127.0.0.1:5432",
+            # announce and the sidecar lb each serve metrics and health on their own.
+            "METRICS_ADDR": "127.0.0.1:9103",
+            "SIDECAR_METRICS_ADDR": "127.0.0.1:9104",
         },
         f"--publish={gateway}::8080",
     )
@@ -577,6 +591,19 @@ def test_images_run_the_stack(clean: Engine) -> None:
 
     for name in ("frontend", "register"):
         wait_for(functools.partial(healthy, name), 90, 1, f"{name} healthy")
+
+    # In the web container, announce serves at METRICS_ADDR, the sidecar lb at
+    # SIDECAR_METRICS_ADDR (one address for both would stop the container: FATAL).
+    def scrape(addr: str) -> str:
+        read = (
+            f"import urllib.request as u; print(u.urlopen('http://{addr}/metrics').read().decode())"
+        )
+        return eng.cli("exec", "web", "/opt/haroute/bin/python", "-c", read)
+
+    assert "haroute_announced 1.0" in scrape("127.0.0.1:9103")
+    assert "haroute_reloads_total" in scrape("127.0.0.1:9104")
+    for addr in ("127.0.0.1:9103", "127.0.0.1:9104"):
+        eng.cli("exec", "web", "/opt/haroute/bin/python", "-m", "discovery.health", "--addr", addr)
 
     # The register wrote the address Docker published, under this host's name.
     records = eng.cli(
