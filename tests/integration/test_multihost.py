@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lb.runtime import admin_word
 from tests.haproxy_helpers import socket_answers
 from tests.lb_helpers import host_of
 from tests.netns import Lab, NsDaemon, NsEtcd, lab, parse_requests, stop_pid
@@ -49,14 +50,25 @@ class Hosts:
     def services(self) -> set[str]:
         return set(self.etcd.get_prefix(SVC)[0])
 
+    def admin(self, command: str) -> str:
+        """One command on HAProxy's admin socket (a Unix socket the root namespace
+        reaches); empty if it does not answer."""
+        raw = socket_answers(self.haproxy_dir / "admin.sock", f"{command}\n".encode())
+        return (raw or b"").decode()
+
+    def backend(self) -> str:
+        """The backend serving the web Host now: its own, or the spare backend it took at
+        runtime if the lb saw the environment appear after its start (``show map``)."""
+        for line in self.admin(f"show map {self.haproxy_dir / 'hosts.map'}").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == HOST:
+                return parts[2]
+        return BACKEND
+
     def servers(self) -> list[dict[str, str]] | None:
-        """HAProxy's ``show servers state`` of the web backend, one dict per slot (read
-        on the admin socket, a Unix socket the root namespace reaches); ``None`` if it
-        does not answer."""
-        raw = socket_answers(
-            self.haproxy_dir / "admin.sock", f"show servers state {BACKEND}\n".encode()
-        )
-        lines = (raw or b"").decode().splitlines()
+        """HAProxy's ``show servers state`` of the web backend, one dict per slot;
+        ``None`` if it does not answer."""
+        lines = self.admin(f"show servers state {self.backend()}").splitlines()
         if len(lines) < 2 or not lines[1].startswith("# "):
             return None
         header = lines[1][2:].split()
@@ -67,13 +79,17 @@ class Hosts:
         servers = self.servers()
         if servers is None:
             return None
-        return {f"{s['srv_addr']}:{s['srv_port']}" for s in servers if s["srv_admin_state"] == "0"}
+        return {
+            f"{s['srv_addr']}:{s['srv_port']}"
+            for s in servers
+            if admin_word(int(s["srv_admin_state"])) == "ready"  # CMAINT is a marker only
+        }
 
     def in_maintenance(self, slots: set[str]) -> bool:
         """Whether every slot at one of these addresses is in maintenance."""
         servers = self.servers()
         return servers is not None and all(
-            int(s["srv_admin_state"]) & 1  # SRV_ADMF_FMAINT
+            admin_word(int(s["srv_admin_state"])) == "maint"
             for s in servers
             if f"{s['srv_addr']}:{s['srv_port']}" in slots
         )
