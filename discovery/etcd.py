@@ -330,64 +330,39 @@ class EtcdSession:
     def last_change(self, prefix: str) -> tuple[int, int]:
         """The revision of the last put *or delete* under ``prefix`` (0: none), and the
         store revision. A delete leaves no key to read, so the revisions after the latest
-        mod revision are replayed by a watch. etcd 3.4 sends such a replay from its
-        watch sync, every 100 ms, and answers a progress request at once whether the
-        watch has caught up or not (measured), so the replay is taken as complete once no
-        event came for :data:`REPLAY_QUIET` after at least :data:`REPLAY_MIN`. When that
-        history is compacted, or etcd does not answer, what the keys say."""
+        mod revision are replayed by a watch (:meth:`watch_prefix`). etcd 3.4 sends such a
+        replay from its watch sync, every 100 ms, and answers a progress request at once
+        whether the watch has caught up or not (measured), so the replay is taken as
+        complete once no event came for :data:`REPLAY_QUIET` after at least
+        :data:`REPLAY_MIN` (and at the latest after the RPC timeout). When that history is
+        compacted, or the watch fails, what the keys say."""
         latest, revision = self.latest_change(prefix)
         if latest >= revision:
             return latest, revision
-        key = _encode(prefix)
-
-        def run(client: Any) -> tuple[int, int]:
-            done = threading.Event()
-            create = etcdrpc.WatchRequest(
-                create_request=etcdrpc.WatchCreateRequest(
-                    key=key, range_end=etcd_utils.prefix_range_end(key), start_revision=latest + 1
-                )
-            )
-
-            def requests() -> Any:
-                yield create
-                done.wait()  # a half-close would end the watch before its replay
-
-            stub = etcdrpc.WatchStub(client.channel)
-            call = stub.Watch(requests(), metadata=client.metadata, timeout=self.timeout)
-            answers: queue.Queue[Any] = queue.Queue()
-
-            def read() -> None:
+        answers: queue.Queue[WatchBatch | Exception] = queue.Queue()
+        try:
+            cancel = self.watch_prefix(prefix, latest + 1, answers.put)
+        except (Compacted, EtcdUnavailable):
+            return latest, revision
+        last = latest
+        started = quiet_since = time.monotonic()
+        try:
+            while (now := time.monotonic()) - started < self.timeout and (
+                now - started < REPLAY_MIN or now - quiet_since < REPLAY_QUIET
+            ):
                 try:
-                    for resp in call:
-                        answers.put(resp)
-                except grpc.RpcError as exc:
-                    answers.put(exc)
-                answers.put(None)
-
-            threading.Thread(target=read, name="etcd-replay", daemon=True).start()
-            last = latest
-            started = quiet_since = time.monotonic()
-            try:
-                while True:
-                    now = time.monotonic()
-                    if now - started >= REPLAY_MIN and now - quiet_since >= REPLAY_QUIET:
-                        return last, revision
-                    try:
-                        resp = answers.get(timeout=0.01)
-                    except queue.Empty:
-                        continue
-                    if resp is None or isinstance(resp, grpc.RpcError):
-                        return last, revision
-                    if resp.compact_revision or resp.canceled:
-                        return latest, revision
-                    if resp.events:
-                        last = max(last, *(int(ev.kv.mod_revision) for ev in resp.events))
-                        quiet_since = time.monotonic()
-            finally:
-                done.set()
-                call.cancel()
-
-        return self._call(run)
+                    answer = answers.get(timeout=0.01)
+                except queue.Empty:
+                    continue
+                if isinstance(answer, Compacted):
+                    return latest, revision
+                if isinstance(answer, Exception):
+                    break
+                last = max(last, answer.revision)
+                quiet_since = time.monotonic()
+            return last, revision
+        finally:
+            cancel()
 
     def put(self, key: str, value: str | bytes, *, lease: int = 0) -> None:
         self._call(lambda client: client.put(_encode(key), value, lease=lease or None))
