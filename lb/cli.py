@@ -755,6 +755,14 @@ def frontends_report(settings: LbSettings) -> dict[str, Any]:
     put or deleted). Read from etcd only: it works from any host."""
     session = EtcdSession.from_settings(settings)
     rows: list[dict[str, Any]] = []
+    changes: dict[str, int] = {}  # lbs share prefixes: one replay per prefix
+
+    def last_change(listen_path: str) -> int:
+        prefix = settings.layout.listen_key(listen_path).rstrip("/") + "/"
+        if prefix not in changes:
+            changes[prefix] = session.last_change(prefix)[0]
+        return changes[prefix]
+
     try:
         kvs, revision = session.get_prefix(settings.layout.frontends + "/")
         for kv in sorted(kvs, key=lambda kv: kv.key):
@@ -763,13 +771,7 @@ def frontends_report(settings: LbSettings) -> dict[str, Any]:
             except InvalidRecord as exc:
                 rows.append({"key": kv.key[:200], "invalid": str(exc)})
                 continue
-            latest = max(
-                (
-                    session.last_change(settings.layout.listen_key(p).rstrip("/") + "/")[0]
-                    for p in record.listen_path
-                ),
-                default=0,
-            )
+            latest = max((last_change(p) for p in record.listen_path), default=0)
             behind = max(0, latest - record.revision) if record.revision is not None else None
             rows.append(
                 {
