@@ -22,6 +22,8 @@ from tests.servers import ROOT, Etcd, free_port
 WEB = "/internal/app1/dev/web"
 GHOST = f"{WEB}/ghost.example"
 PIN = f"/maintenance{GHOST}/w1"
+# What a command must not take from the test's environment (another etcd, another user).
+NOT_INHERITED = ("ETCD", "ANNOUNCE", "HAROUTE", "SUDO_USER", "USER", "LOGNAME")
 
 
 class Ran:
@@ -35,8 +37,7 @@ class Ran:
 def haroute(env: Mapping[str, str], *args: str) -> Ran:
     """`python -m lb.cli ARGS` with only ``env`` for etcd and the user (nothing inherited
     that would name another etcd or another user)."""
-    inherited = ("ETCD", "ANNOUNCE", "HAROUTE", "SUDO_USER", "USER", "LOGNAME")
-    full = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
+    full = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
     full.update({"PYTHONPATH": str(ROOT), **env})
     start = time.monotonic()
     proc = subprocess.run(
@@ -343,7 +344,7 @@ def test_etcd_unreachable_exits_1_with_one_line() -> None:
 def in_process(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
     """Run the CLI in this process (to interleave another writer) with only ``env``."""
     for name in list(os.environ):
-        if name.startswith(("ETCD", "ANNOUNCE", "HAROUTE", "SUDO_USER", "USER", "LOGNAME")):
+        if name.startswith(NOT_INHERITED):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
