@@ -1013,18 +1013,18 @@ class _Etcd:
         except EtcdUnavailable as exc:
             raise Failure(f"nothing written: etcd at {_endpoints(self.settings)}: {exc}") from exc
 
-    def update(self, key: str, edit: Callable[[KV | None], Change | None]) -> bool:
+    def update(self, key: str, edit: Callable[[KV | None], Change | None]) -> Change | None:
         """Read ``key``, ``edit`` what is there and write the change only if nobody changed
         the key in between (compared on its mod revision); if somebody did, read it again
         and edit that, at most :data:`UPDATE_ATTEMPTS` times. Two operators editing one
-        key at once never lose each other's fields. ``False``: the edit wrote nothing."""
+        key at once never lose each other's fields. What was written (``None``: nothing)."""
         for _ in range(UPDATE_ATTEMPTS):
             kv = self.get(key)
             change = edit(kv)
-            if change is None:
-                return False
-            if self._swap(key, kv.mod_revision if kv is not None else 0, change.value):
-                return True
+            if change is None or self._swap(
+                key, kv.mod_revision if kv is not None else 0, change.value
+            ):
+                return change
             _note(f"{key} changed while it was edited: reading it again")
         raise Failure(
             f"nothing written: {key} changed {UPDATE_ATTEMPTS} times while it was edited; try again"
@@ -1244,7 +1244,6 @@ def cmd_config(settings: CommonSettings, args: argparse.Namespace) -> int:
     if not (sets or unsets):
         return _show_config(settings, path)
     key = settings.layout.config_key(path)
-    written: list[dict[str, Any]] = []
 
     def edit(kv: KV | None) -> Change | None:
         old = _stored_config(kv, key)
@@ -1255,12 +1254,12 @@ def cmd_config(settings: CommonSettings, args: argparse.Namespace) -> int:
         if not new and kv is None:
             _note(f"{key} does not exist: nothing to delete")
             return None
-        written[:] = [new]
         return Change(json.dumps(new, separators=(",", ":")) if new else None)
 
     with _Etcd(settings) as etcd:
-        if etcd.update(key, edit):
-            for rejection in parse_config_object(written[0]).rejected:
+        change = etcd.update(key, edit)
+        if change is not None and change.value is not None:
+            for rejection in parse_config_object(json.loads(change.value)).rejected:
                 _note(f"{key} keeps a field the lb ignores: {rejection.detail}")
     return 0
 
