@@ -39,6 +39,15 @@ class QuietServer(http.server.ThreadingHTTPServer):
         pass  # HAProxy's TCP health checks connect and reset: not an error here
 
 
+def mapped_backend(show_map: str, host: str) -> str | None:
+    """The backend ``host`` goes to in the output of ``show map`` (``None``: not there)."""
+    for line in show_map.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == host:
+            return parts[2]
+    return None
+
+
 def name_handler(
     name: str, status: Callable[[str], int] | None = None
 ) -> type[http.server.BaseHTTPRequestHandler]:
@@ -275,11 +284,10 @@ class LbStack:
     def haproxy_backend(self, path: str) -> str:
         """The HAProxy backend that serves ``path``'s Host now (``show map``): its own, or
         the spare backend it took at runtime."""
-        for line in self.admin(f"show map {self.dir / 'hosts.map'}").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1] == host_of(path):
-                return parts[2]
-        raise AssertionError(f"{host_of(path)} is not in HAProxy's map")
+        backend = mapped_backend(self.admin(f"show map {self.dir / 'hosts.map'}"), host_of(path))
+        if backend is None:
+            raise AssertionError(f"{host_of(path)} is not in HAProxy's map")
+        return backend
 
     def haproxy_reloads(self) -> int:
         """The master's own reload counter (`show proc`), not ours."""

@@ -16,7 +16,7 @@ import pytest
 
 from lb.runtime import admin_word
 from tests.haproxy_helpers import socket_answers
-from tests.lb_helpers import host_of
+from tests.lb_helpers import host_of, mapped_backend
 from tests.netns import Lab, NsDaemon, NsEtcd, lab, parse_requests, stop_pid
 from tests.servers import pid_gone, stop_process, wait_for
 
@@ -59,11 +59,8 @@ class Hosts:
     def backend(self) -> str:
         """The backend serving the web Host now: its own, or the spare backend it took at
         runtime if the lb saw the environment appear after its start (``show map``)."""
-        for line in self.admin(f"show map {self.haproxy_dir / 'hosts.map'}").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1] == HOST:
-                return parts[2]
-        return BACKEND
+        show_map = self.admin(f"show map {self.haproxy_dir / 'hosts.map'}")
+        return mapped_backend(show_map, HOST) or BACKEND
 
     def servers(self) -> list[dict[str, str]] | None:
         """HAProxy's ``show servers state`` of the web backend, one dict per slot;
